@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pip on these machines warns about every local index it skips; keep real errors visible.
+QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
+
+.PHONY: install demo test lint unit integration bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0 $(QUIET)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]' $(QUIET)
+	$(PY) -c "import ncloud, cluster, jobs, serve, ray, torch"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m examples.demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy ncloud cluster jobs serve
+
+test: install lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+integration: install
+	$(PY) -m pytest -q tests/integration
+
+bench: install
+	$(PY) -m bench.loader
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The platform core: store, tenants, users, tokens, reservations, controller, lifecycle."""

@@ -1,0 +1,156 @@
+"""The controller: one detached Ray actor on the head node that owns every reservation.
+
+It is the only writer of tenants' resources, so a fit check and the placement group it
+guards happen one request at a time. On every (re)start it reconciles Ray with the
+store: missing placement groups are recreated, stray ones removed. Methods return
+``{"ok": ...}`` or ``{"error": code, "message": ...}`` so a domain error crosses the
+actor boundary intact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from cluster import accounts, reservations
+from cluster.reservations import Resources
+from cluster.store import open_store
+from ncloud.errors import NcloudError, NotFound
+
+NAME = "ncloud-controller"
+NAMESPACE = "ncloud"
+
+log = logging.getLogger("ncloud.controller")
+
+
+def _reply(fn: Callable[[], Any]) -> dict[str, Any]:
+    try:
+        return {"ok": fn()}
+    except NcloudError as exc:
+        return {"error": exc.code, "message": exc.message}
+
+
+def _want(t: accounts.Tenant) -> Resources:
+    return Resources(t.cpus, t.gpus, t.memory)
+
+
+class Controller:
+    """Wrapped with ray.remote at deploy time (see cluster.deploy)."""
+
+    def __init__(self, db_url: str) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.store = open_store(db_url)
+        self.reconciled = self.reconcile()
+
+    # -- reconciliation -----------------------------------------------------------------
+
+    def reconcile(self) -> dict[str, list[str]]:
+        live = reservations.existing()
+        tenants = accounts.list_tenants(self.store)
+        wanted = {t.placement_group: t for t in tenants}
+        created, removed, failed = [], [], []
+        for name in sorted(set(live) - set(wanted)):
+            reservations.remove(name)
+            removed.append(name)
+        for name, tenant in wanted.items():
+            if name in live:
+                continue
+            try:
+                reservations.create(name, _want(tenant))
+                created.append(name)
+            except NcloudError as exc:
+                log.error("could not recreate reservation of %s: %s", tenant.name, exc)
+                failed.append(name)
+        log.info("reconciled: created %s, removed %s, failed %s", created, removed, failed)
+        return {"created": created, "removed": removed, "failed": failed}
+
+    def ping(self) -> dict[str, Any]:
+        return {"ok": {"reconciled": self.reconciled}}
+
+    # -- reservations -------------------------------------------------------------------
+
+    def _reserved_by_others(self, exclude: str | None) -> Resources:
+        total = Resources(0, 0, 0)
+        for t in accounts.list_tenants(self.store):
+            if t.name != exclude:
+                total = total.plus(_want(t))
+        return total
+
+    def create_tenant(self, name: str, cpus: float, gpus: float, memory: int) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            want = Resources(cpus, gpus, memory)
+            if accounts.tenant_exists(self.store, name):
+                accounts.create_tenant(self.store, name, cpus, gpus, memory)  # raises Conflict
+            reservations.check_fit(
+                want, reservations.cluster_total(), self._reserved_by_others(None)
+            )
+            tenant = accounts.create_tenant(self.store, name, cpus, gpus, memory)
+            try:
+                reservations.create(tenant.placement_group, want)
+            except NcloudError:
+                accounts.delete_tenant(self.store, name, force=True)
+                raise
+            return self._describe(tenant)
+
+        return _reply(run)
+
+    def resize_tenant(self, name: str, cpus: float, gpus: float, memory: int) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            old = accounts.get_tenant(self.store, name)
+            want = Resources(cpus, gpus, memory)
+            reservations.check_fit(
+                want, reservations.cluster_total(), self._reserved_by_others(name)
+            )
+            # A placement group cannot grow in place: free the old one, place the new one,
+            # and put the old one back if the new one does not fit after all.
+            reservations.remove(old.placement_group)
+            reservations.wait_removed(old.placement_group)
+            new = accounts.resize_tenant(self.store, name, cpus, gpus, memory)
+            try:
+                reservations.create(new.placement_group, want)
+            except NcloudError:
+                accounts.resize_tenant(self.store, name, old.cpus, old.gpus, old.memory)
+                restored = accounts.get_tenant(self.store, name)
+                reservations.create(restored.placement_group, _want(restored))
+                raise
+            return self._describe(new)
+
+        return _reply(run)
+
+    def delete_tenant(self, name: str, force: bool) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            tenant = accounts.delete_tenant(self.store, name, force)
+            reservations.remove(tenant.placement_group)
+            return {"name": tenant.name, "removed": True}
+
+        return _reply(run)
+
+    def describe_tenant(self, name: str) -> dict[str, Any]:
+        return _reply(lambda: self._describe(accounts.get_tenant(self.store, name)))
+
+    def _describe(self, tenant: accounts.Tenant) -> dict[str, Any]:
+        live = reservations.existing().get(tenant.placement_group)
+        if live is None and accounts.tenant_exists(self.store, tenant.name) is False:
+            raise NotFound(f"no tenant {tenant.name!r}")
+        in_use = reservations.usage(live["id"]) if live else Resources(0, 0, 0)
+        return {
+            "tenant": tenant.name,
+            "reserved": _want(tenant).as_dict(),
+            "in_use": in_use.as_dict(),
+            "placement_group": tenant.placement_group,
+            "state": live["state"] if live else "MISSING",
+            "bundles": reservations.bundles_for(_want(tenant)),
+        }
+
+    def cluster(self) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            total = reservations.cluster_total()
+            reserved = self._reserved_by_others(None)
+            return {
+                "total": total.as_dict(),
+                "reserved": reserved.as_dict(),
+                "unreserved": total.minus(reserved).as_dict(),
+            }
+
+        return _reply(run)

@@ -1,0 +1,135 @@
+"""A tenant's reservation as a Ray placement group: bundle shapes, fit checks, create and remove.
+
+The bundle arithmetic is plain Python (unit-tested without Ray); only the functions at
+the bottom touch Ray, and only the controller actor calls them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ncloud.errors import QuotaExceeded
+from ncloud.validation import format_size
+
+PG_PREFIX = "ncloud-tenant-"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float
+    gpus: float
+    memory: int
+
+    def minus(self, other: Resources) -> Resources:
+        return Resources(self.cpus - other.cpus, self.gpus - other.gpus, self.memory - other.memory)
+
+    def plus(self, other: Resources) -> Resources:
+        return Resources(self.cpus + other.cpus, self.gpus + other.gpus, self.memory + other.memory)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"cpus": self.cpus, "gpus": self.gpus, "memory": self.memory}
+
+
+def bundles_for(want: Resources) -> list[dict[str, float]]:
+    """Bundle shapes for a reservation, so that training workers fit into them later.
+
+    One bundle per GPU (with an even share of the CPUs) when there are GPUs, else one
+    bundle per CPU; memory is split evenly. Left-over CPUs become one-CPU bundles.
+    """
+    gpus, cpus = int(want.gpus), int(want.cpus)
+    shapes: list[dict[str, float]] = []
+    if gpus > 0:
+        per_gpu = max(cpus // gpus, 1)
+        shapes = [{"CPU": float(per_gpu), "GPU": 1.0} for _ in range(gpus)]
+        shapes += [{"CPU": 1.0} for _ in range(max(cpus - per_gpu * gpus, 0))]
+    else:
+        shapes = [{"CPU": 1.0} for _ in range(cpus)]
+    if want.memory > 0:
+        share, extra = divmod(want.memory, len(shapes))
+        for i, shape in enumerate(shapes):
+            shape["memory"] = float(share + (extra if i == 0 else 0))
+    return shapes
+
+
+def check_fit(want: Resources, total: Resources, reserved_by_others: Resources) -> None:
+    """Refuse at once, saying what is free, when the cluster cannot hold the reservation."""
+    free = total.minus(reserved_by_others)
+    for label, asked, have, fmt in (
+        ("CPUs", want.cpus, free.cpus, lambda v: f"{v:g}"),
+        ("GPUs", want.gpus, free.gpus, lambda v: f"{v:g}"),
+        ("memory", want.memory, free.memory, format_size),
+    ):
+        if asked > have:
+            raise QuotaExceeded(
+                f"cluster has {fmt(max(have, 0))} {label} unreserved; tenant asks for {fmt(asked)}"
+            )
+
+
+def cluster_total() -> Resources:
+    import ray
+
+    found = ray.cluster_resources()
+    return Resources(
+        float(found.get("CPU", 0)), float(found.get("GPU", 0)), int(found.get("memory", 0))
+    )
+
+
+def create(name: str, want: Resources, timeout_s: float = 30.0) -> None:
+    """Create the placement group and wait until Ray has placed it, or remove it and refuse."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group(bundles_for(want), strategy="PACK", name=name, lifetime="detached")
+    try:
+        import ray
+
+        ray.get(group.ready(), timeout=timeout_s)
+    except Exception as exc:
+        remove_placement_group(group)
+        raise QuotaExceeded(
+            f"the cluster could not place reservation {name} ({want.as_dict()}) "
+            f"within {timeout_s:g}s: {type(exc).__name__}"
+        ) from exc
+
+
+def remove(name: str) -> bool:
+    from ray.util.placement_group import get_placement_group, remove_placement_group
+
+    try:
+        group = get_placement_group(name)
+    except ValueError:
+        return False
+    remove_placement_group(group)
+    return True
+
+
+def existing() -> dict[str, dict[str, Any]]:
+    """Every live ncloud placement group by name, with its Ray state and bundles."""
+    from ray.util.placement_group import placement_group_table
+
+    found: dict[str, dict[str, Any]] = {}
+    for pg_id, info in placement_group_table().items():
+        name = info.get("name", "")
+        if name.startswith(PG_PREFIX) and info.get("state") != "REMOVED":
+            found[name] = {"id": pg_id, **info}
+    return found
+
+
+def usage(pg_id: str) -> Resources:
+    """What is in use now inside a placement group, from Ray's per-group resources."""
+    import ray
+
+    total, available = ray.cluster_resources(), ray.available_resources()
+
+    def used(kind: str) -> float:
+        key = f"{kind}_group_{pg_id}"
+        return float(total.get(key, 0)) - float(available.get(key, 0))
+
+    return Resources(used("CPU"), used("GPU"), int(used("memory")))
+
+
+def wait_removed(name: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while name in existing() and time.monotonic() < deadline:
+        time.sleep(0.1)

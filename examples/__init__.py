@@ -1,0 +1,1 @@
+"""Example networks, the bundled dataset recipe and the end-to-end demo."""

@@ -1,0 +1,1 @@
+"""Data and training: manifests, dataset ingest, loaders, volumes, model specs, runs."""

@@ -1,0 +1,1 @@
+"""The `ncloud` command line (Typer): one sub-app per noun, one error boundary in main."""

@@ -1,0 +1,81 @@
+"""`ncloud server start|stop|status`: the embedded local cluster and its control plane."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ncloud.cli.common import OutputOpt
+from ncloud.render import Output, message, render
+
+app = typer.Typer(help="Start, stop and inspect the local ncloud server.", no_args_is_help=True)
+
+STATUS_COLUMNS = ["running", "api_url", "ray_address", "dashboard_url", "pid", "uptime_s", "home"]
+
+
+@app.command("start")
+def start(
+    cpus: Annotated[
+        int | None, typer.Option(help="CPUs for the local Ray head (all by default).")
+    ] = None,
+    gpus: Annotated[
+        int | None, typer.Option(help="GPUs for the local Ray head (detected by default).")
+    ] = None,
+    port: Annotated[
+        int, typer.Option("--port", help="Port of the REST API and predictions.")
+    ] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Address the API binds to.")] = "127.0.0.1",
+    ray_port: Annotated[int, typer.Option(help="Ray GCS port.")] = 6380,
+    dashboard_port: Annotated[int, typer.Option(help="Ray dashboard port (loopback only).")] = 8265,
+    address: Annotated[
+        str | None, typer.Option(help="Attach to this Ray cluster instead of starting one.")
+    ] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Start a local Ray head (on loopback) and the ncloud control plane on it."""
+    from cluster import local
+
+    message("starting ncloud (Ray head, controller, API)...")
+    state = local.start(
+        cpus=cpus,
+        gpus=gpus,
+        api_port=port,
+        ray_port=ray_port,
+        dashboard_port=dashboard_port,
+        address=address,
+        api_host=host,
+    )
+    token = state.pop("admin_token")
+    if output == Output.json:
+        render({**state, "admin_token": token}, None, output)
+        return
+    render(state, ["api_url", "ray_address", "dashboard_url", "pid", "home", "log"], output)
+    if token:
+        message("[bold]first start: the admin token, shown once:[/bold]")
+        typer.echo(token)
+    message(
+        f"next: ncloud configure --host {state['api_url'].removesuffix('/api/v1')} "
+        "--token <token>; ncloud tenant add NAME --cpus 1"
+    )
+
+
+@app.command("stop")
+def stop(output: OutputOpt = Output.table) -> None:
+    """Stop what `start` started; every record stays for the next start."""
+    from cluster import local
+
+    render(local.stop(), None, output)
+
+
+@app.command("status")
+def status(output: OutputOpt = Output.table) -> None:
+    """Whether the server runs, where, and since when."""
+    from cluster import local
+
+    state = local.status()
+    render(
+        state, None if output == Output.json else [c for c in STATUS_COLUMNS if c in state], output
+    )
+    if not state["running"]:
+        raise typer.Exit(1)

@@ -1,0 +1,72 @@
+"""`ncloud token ...` (your own tokens) and `ncloud resource ls` (your tenant's reservation)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ncloud.cli import common
+from ncloud.cli.common import OutputOpt
+from ncloud.render import Output, message, render
+from ncloud.validation import format_size
+
+token_app = typer.Typer(help="Your access tokens.", no_args_is_help=True)
+resource_app = typer.Typer(help="Your tenant's reserved resources.", no_args_is_help=True)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", "-n", help="A label for the token.")] = "cli",
+    output: OutputOpt = Output.table,
+) -> None:
+    """Create a token; it is shown once."""
+    created = common.client().tokens.create(name)
+    if output == Output.json:
+        render(created, None, output)
+        return
+    message(f"[bold]token {created['id']} ({created['name']}), shown once:[/bold]")
+    typer.echo(created["token"])
+
+
+@token_app.command("ls")
+def token_ls(output: OutputOpt = Output.table) -> None:
+    """List your tokens (never their secrets)."""
+    render(
+        common.client().tokens.list(),
+        ["id", "name", "created_at", "last_used_at", "revoked"],
+        output,
+    )
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, output: OutputOpt = Output.table) -> None:
+    """Revoke one of your tokens at once."""
+    render(common.client().tokens.revoke(token_id), None, output)
+
+
+@resource_app.command("ls")
+def resource_ls(output: OutputOpt = Output.table) -> None:
+    """The tenant's reservation and what is in use now."""
+    found = common.client().resources.list()
+    if output == Output.json:
+        render(found, None, output)
+        return
+
+    def shown(kind: str, value: float) -> str | float:
+        return format_size(value) if kind == "memory" else value
+
+    rows = [
+        {
+            "resource": kind,
+            "reserved": shown(kind, found["reserved"][kind]),
+            "in_use": shown(kind, found["in_use"][kind]),
+            "free": shown(kind, found["reserved"][kind] - found["in_use"][kind]),
+        }
+        for kind in ("cpus", "gpus", "memory")
+    ]
+    render(rows, ["resource", "reserved", "in_use", "free"], output)
+    message(
+        f"tenant {found['tenant']}: placement group {found['placement_group']} "
+        f"({found['state']}), {len(found['bundles'])} bundles"
+    )

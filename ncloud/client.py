@@ -1,0 +1,161 @@
+"""A typed HTTP client for the ncloud REST API; the CLI uses it and so can users.
+
+    from ncloud.client import Client
+    c = Client("http://127.0.0.1:8000", token="nc_...", tenant="vision")
+    c.tenants.list()
+
+Every failure raises a class from ncloud.errors, the same one the server raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from ncloud.config import api_url
+from ncloud.errors import ServerUnreachable, error_from_body
+
+TENANT_HEADER = "X-Ncloud-Tenant"
+JSON = Any
+
+
+class Client:
+    def __init__(
+        self,
+        host: str,
+        token: str | None = None,
+        tenant: str | None = None,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = api_url(host)
+        headers = {"User-Agent": "ncloud-cli"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if tenant:
+            headers[TENANT_HEADER] = tenant
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
+        self.tenants = Tenants(self)
+        self.users = Users(self)
+        self.tokens = Tokens(self)
+        self.resources = ResourcesAPI(self)
+
+    def request(
+        self, method: str, path: str, json: JSON = None, params: dict[str, Any] | None = None
+    ) -> JSON:
+        try:
+            response = self._http.request(method, path, json=json, params=params)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            host = self.base_url.removesuffix("/api/v1")
+            raise ServerUnreachable(
+                f"cannot reach ncloud at {host}: is it running? (ncloud server start)"
+            ) from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            raise error_from_body(response.status_code, body)
+        return body
+
+    def health(self) -> JSON:
+        return self.request("GET", "/health")
+
+    def info(self) -> JSON:
+        return self.request("GET", "/info")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class Tenants:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def add(self, name: str, cpus: float, gpus: float = 0, memory: int | str = 0) -> JSON:
+        return self._c.request(
+            "POST", "/tenants", json={"name": name, "cpus": cpus, "gpus": gpus, "memory": memory}
+        )
+
+    def list(self) -> JSON:
+        return self._c.request("GET", "/tenants")
+
+    def show(self, name: str) -> JSON:
+        return self._c.request("GET", f"/tenants/{name}")
+
+    def modify(
+        self,
+        name: str,
+        cpus: float | None = None,
+        gpus: float | None = None,
+        memory: int | str | None = None,
+    ) -> JSON:
+        body = {
+            k: v for k, v in (("cpus", cpus), ("gpus", gpus), ("memory", memory)) if v is not None
+        }
+        return self._c.request("PATCH", f"/tenants/{name}", json=body)
+
+    def remove(self, name: str, force: bool = False) -> JSON:
+        return self._c.request("DELETE", f"/tenants/{name}", params={"force": force})
+
+
+class Users:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def add(self, email: str, tenants: list[str], admin: bool = False) -> JSON:
+        return self._c.request(
+            "POST", "/users", json={"email": email, "tenants": tenants, "admin": admin}
+        )
+
+    def list(self, tenant: str | None = None) -> JSON:
+        return self._c.request("GET", "/users", params={"tenant": tenant} if tenant else None)
+
+    def show(self, email: str) -> JSON:
+        return self._c.request("GET", f"/users/{email}")
+
+    def modify(
+        self,
+        email: str,
+        add_tenants: Sequence[str] | None = None,
+        remove_tenants: Sequence[str] | None = None,
+        admin: bool | None = None,
+    ) -> JSON:
+        return self._c.request(
+            "PATCH",
+            f"/users/{email}",
+            json={
+                "add_tenants": list(add_tenants or []),
+                "remove_tenants": list(remove_tenants or []),
+                "admin": admin,
+            },
+        )
+
+    def remove(self, email: str) -> JSON:
+        return self._c.request("DELETE", f"/users/{email}")
+
+
+class Tokens:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(self, name: str = "cli") -> JSON:
+        return self._c.request("POST", "/tokens", json={"name": name})
+
+    def list(self) -> JSON:
+        return self._c.request("GET", "/tokens")
+
+    def revoke(self, token_id: str) -> JSON:
+        return self._c.request("DELETE", f"/tokens/{token_id}")
+
+
+class ResourcesAPI:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> JSON:
+        return self._c.request("GET", "/resources")

@@ -1,0 +1,1 @@
+"""HTTP: the REST API on Ray Serve, model deployments, predictions."""

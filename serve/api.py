@@ -1,0 +1,238 @@
+"""The REST API under /api/v1: thin routes over cluster/, one error boundary."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+import ncloud
+from cluster import accounts
+from cluster.store import Store, open_store
+from ncloud.errors import InvalidInput, NcloudError, NotFound, ServerError
+from ncloud.settings import settings
+from ncloud.validation import check_name, parse_size
+from serve.auth import Caller, identify
+from serve.control import ControlPlane
+from serve.limits import BodySizeLimit
+from serve.schemas import TenantIn, TenantPatch, TokenIn, UserIn, UserPatch
+
+log = logging.getLogger("ncloud.api")
+
+
+@functools.cache
+def store() -> Store:
+    return open_store(settings().db_url)
+
+
+@functools.cache
+def control() -> ControlPlane:
+    return ControlPlane()
+
+
+def caller(request: Request) -> Caller:
+    return identify(request, store())
+
+
+def _user(u: accounts.User) -> dict[str, Any]:
+    return {
+        "email": u.email,
+        "admin": u.is_admin,
+        "tenants": list(u.tenants),
+        "created_at": u.created_at.isoformat(),
+    }
+
+
+def _tenant(t: accounts.Tenant) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "cpus": t.cpus,
+        "gpus": t.gpus,
+        "memory": t.memory,
+        "placement_group": t.placement_group,
+        "created_at": t.created_at.isoformat(),
+    }
+
+
+router = APIRouter()
+
+
+@router.get("/health")
+def health() -> dict[str, Any]:
+    return {"status": "ok", "version": ncloud.__version__, "api_version": ncloud.API_VERSION}
+
+
+@router.get("/info")
+def info(c: Caller = Depends(caller)) -> dict[str, Any]:
+    tenant = c.tenant or (c.user.tenants[0] if len(c.user.tenants) == 1 else None)
+    return {
+        "version": ncloud.__version__,
+        "api_version": ncloud.API_VERSION,
+        "user": _user(c.user),
+        "tenant": tenant,
+        "cluster": control().call("cluster"),
+    }
+
+
+# -- tenants (admin) -----------------------------------------------------------------------
+
+
+@router.post("/tenants", status_code=201)
+def create_tenant(body: TenantIn, c: Caller = Depends(caller)) -> dict[str, Any]:
+    c.require_admin()
+    check_name(body.name, "tenant name")
+    return control().call("create_tenant", body.name, body.cpus, body.gpus, parse_size(body.memory))
+
+
+@router.get("/tenants")
+def list_tenants(c: Caller = Depends(caller)) -> list[dict[str, Any]]:
+    found = accounts.list_tenants(store())
+    return [_tenant(t) for t in found if c.user.is_admin or t.name in c.user.tenants]
+
+
+@router.get("/tenants/{name}")
+def show_tenant(name: str, c: Caller = Depends(caller)) -> dict[str, Any]:
+    if not c.user.is_admin and name not in c.user.tenants:
+        raise NotFound(f"no tenant {name!r}")
+    tenant = accounts.get_tenant(store(), name)
+    users = [u.email for u in accounts.list_users(store(), tenant=name)]
+    return {
+        **_tenant(tenant),
+        "users": users,
+        "reservation": control().call("describe_tenant", name),
+    }
+
+
+@router.patch("/tenants/{name}")
+def modify_tenant(name: str, body: TenantPatch, c: Caller = Depends(caller)) -> dict[str, Any]:
+    c.require_admin()
+    old = accounts.get_tenant(store(), name)
+    cpus = old.cpus if body.cpus is None else body.cpus
+    gpus = old.gpus if body.gpus is None else body.gpus
+    memory = old.memory if body.memory is None else parse_size(body.memory)
+    return control().call("resize_tenant", name, cpus, gpus, memory)
+
+
+@router.delete("/tenants/{name}")
+def delete_tenant(name: str, force: bool = False, c: Caller = Depends(caller)) -> dict[str, Any]:
+    c.require_admin()
+    return control().call("delete_tenant", name, force)
+
+
+# -- users (admin) -------------------------------------------------------------------------
+
+
+@router.post("/users", status_code=201)
+def create_user(body: UserIn, c: Caller = Depends(caller)) -> dict[str, Any]:
+    c.require_admin()
+    user, token = accounts.create_user(store(), body.email, body.tenants, body.admin)
+    return {**_user(user), "token": token}
+
+
+@router.get("/users")
+def list_users(tenant: str | None = None, c: Caller = Depends(caller)) -> list[dict[str, Any]]:
+    c.require_admin()
+    return [_user(u) for u in accounts.list_users(store(), tenant)]
+
+
+@router.get("/users/{email}")
+def show_user(email: str, c: Caller = Depends(caller)) -> dict[str, Any]:
+    if not c.user.is_admin and email.lower() != c.user.email:
+        c.require_admin()
+    return _user(accounts.get_user(store(), email))
+
+
+@router.patch("/users/{email}")
+def modify_user(email: str, body: UserPatch, c: Caller = Depends(caller)) -> dict[str, Any]:
+    c.require_admin()
+    return _user(
+        accounts.modify_user(store(), email, body.add_tenants, body.remove_tenants, body.admin)
+    )
+
+
+@router.delete("/users/{email}")
+def delete_user(email: str, c: Caller = Depends(caller)) -> dict[str, Any]:
+    c.require_admin()
+    if email.lower() == c.user.email:
+        raise InvalidInput("you cannot remove yourself; ask another admin")
+    return _user(accounts.delete_user(store(), email))
+
+
+# -- a user's own tokens -------------------------------------------------------------------
+
+
+@router.post("/tokens", status_code=201)
+def create_token(body: TokenIn, c: Caller = Depends(caller)) -> dict[str, Any]:
+    token = accounts.create_token(store(), c.user, body.name)
+    return {"id": token.split("_")[1], "name": body.name, "token": token}
+
+
+@router.get("/tokens")
+def list_tokens(c: Caller = Depends(caller)) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": t.id,
+            "name": t.name,
+            "created_at": t.created_at.isoformat(),
+            "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
+            "revoked": t.revoked_at is not None,
+        }
+        for t in accounts.list_tokens(store(), c.user)
+    ]
+
+
+@router.delete("/tokens/{token_id}")
+def revoke_token(token_id: str, c: Caller = Depends(caller)) -> dict[str, Any]:
+    accounts.revoke_token(store(), c.user, token_id)
+    return {"id": token_id, "revoked": True}
+
+
+# -- the tenant's resources ----------------------------------------------------------------
+
+
+@router.get("/resources")
+def resources(c: Caller = Depends(caller)) -> dict[str, Any]:
+    tenant = c.require_tenant()
+    return control().call("describe_tenant", tenant)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="ncloud",
+        version=ncloud.__version__,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.include_router(router)
+
+    @app.exception_handler(NcloudError)
+    async def on_domain_error(_: Request, exc: NcloudError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        error = InvalidInput(_validation_message(exc))
+        return JSONResponse(error.to_body(), status_code=error.http_status)
+
+    @app.exception_handler(Exception)
+    async def on_bug(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        error = ServerError(f"internal error ({type(exc).__name__}); see the server log")
+        return JSONResponse(error.to_body(), status_code=error.http_status)
+
+    s = settings()
+    app.add_middleware(BodySizeLimit, max_body=s.max_body_bytes, max_file=s.max_file_bytes)
+    return app

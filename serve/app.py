@@ -1,0 +1,31 @@
+"""The REST API as a Ray Serve application (route prefix /api/v1) on zero reserved CPUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from serve.api import create_app
+
+APP_NAME = "ncloud-api"
+ROUTE_PREFIX = "/api/v1"
+
+
+def api_application(env: dict[str, str], replicas: int = 1) -> Any:
+    """Bind the API deployment; env carries the NCLOUD_* settings into its replicas."""
+    app = create_app()
+
+    @serve.deployment(
+        name="api",
+        num_replicas=replicas,
+        # The API must never compete with tenants' reservations for CPUs.
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}},
+        max_ongoing_requests=64,
+        health_check_period_s=5,
+    )
+    @serve.ingress(app)
+    class Api:
+        pass
+
+    return Api.bind()  # type: ignore[attr-defined]

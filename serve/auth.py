@@ -1,0 +1,49 @@
+"""Who is calling and in which tenant: bearer token -> user, X-Ncloud-Tenant -> tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from cluster import accounts
+from cluster.store import Store
+from ncloud.errors import Forbidden, InvalidInput, Unauthenticated
+
+TENANT_HEADER = "X-Ncloud-Tenant"
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: accounts.User
+    tenant: str | None
+
+    def require_admin(self) -> None:
+        if not self.user.is_admin:
+            raise Forbidden("this needs an admin token")
+
+    def require_tenant(self) -> str:
+        """The tenant this request acts in; the caller must belong to it (admins may act in any)."""
+        if self.tenant is None:
+            mine = self.user.tenants
+            if len(mine) == 1:
+                return mine[0]
+            raise InvalidInput(
+                "pick a tenant: --tenant NAME, NCLOUD_TENANT or `ncloud configure` "
+                f"(yours: {', '.join(mine) or 'none'})"
+            )
+        if self.tenant not in self.user.tenants and not self.user.is_admin:
+            raise Forbidden(f"you are not a member of tenant {self.tenant!r}")
+        return self.tenant
+
+
+def identify(request: Request, store: Store) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthenticated("no token: send 'Authorization: Bearer <token>' (ncloud configure)")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+    user = accounts.authenticate(store, token.strip())
+    tenant = request.headers.get(TENANT_HEADER) or None
+    return Caller(user, tenant)

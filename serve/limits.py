@@ -1,0 +1,71 @@
+"""ASGI middleware that refuses request bodies over a size limit with 413, without reading them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ncloud.errors import PayloadTooLarge
+from ncloud.validation import format_size
+
+_FILE_TYPES = ("multipart/form-data", "application/octet-stream")
+
+
+class BodySizeLimit:
+    """JSON bodies are held to max_body bytes; file uploads to max_file bytes."""
+
+    def __init__(self, app: ASGIApp, max_body: int, max_file: int) -> None:
+        self.app, self.max_body, self.max_file = app, max_body, max_file
+
+    def _limit(self, scope: Scope) -> int:
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        return self.max_file if content_type.startswith(_FILE_TYPES) else self.max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self._limit(scope)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _refuse(send, limit)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge(limit)
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await _refuse(send, limit)
+
+
+class _TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
+async def _refuse(send: Send, limit: int) -> None:
+    error = PayloadTooLarge(f"request body is over the {format_size(limit)} limit")
+    body = json.dumps(error.to_body()).encode()
+    start: dict[str, Any] = {
+        "type": "http.response.start",
+        "status": error.http_status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body})

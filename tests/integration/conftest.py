@@ -1,0 +1,148 @@
+"""One local ncloud server (Ray head + control plane) per test run, started with the real CLI.
+
+Everything binds to 127.0.0.1 on free ports, lives under a temporary NCLOUD_HOME, and is
+stopped at the end by `ncloud server stop` (which ends exactly the processes it started).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ncloud.client import Client
+from ncloud.errors import NcloudError
+
+CPUS = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    home: Path
+    env: dict[str, str]
+    api_url: str
+    dashboard_url: str
+    admin_token: str
+    ports: dict[str, int]
+
+    def cli(
+        self,
+        *args: str,
+        token: str | None = None,
+        tenant: str | None = None,
+        check: bool = True,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env)
+        env["NCLOUD_TOKEN"] = token or self.admin_token
+        if tenant:
+            env["NCLOUD_TENANT"] = tenant
+        proc = subprocess.run(
+            [sys.executable, "-m", "ncloud.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ncloud {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+        return proc
+
+    def client(self, token: str | None = None, tenant: str | None = None) -> Client:
+        return Client(self.api_url, token=token or self.admin_token, tenant=tenant)
+
+    def start(self) -> dict[str, Any]:
+        p = self.ports
+        out = self.cli(
+            "server",
+            "start",
+            "--cpus",
+            str(CPUS),
+            "--port",
+            str(p["api"]),
+            "--ray-port",
+            str(p["ray"]),
+            "--dashboard-port",
+            str(p["dashboard"]),
+            "-o",
+            "json",
+            timeout=400,
+        )
+        return json.loads(out.stdout)
+
+    def stop(self) -> None:
+        self.cli("server", "stop", check=False, timeout=120)
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (httpx.HTTPError, OSError, AssertionError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("ncloud-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NCLOUD_")}
+    env.update(
+        {
+            "NCLOUD_HOME": str(home),
+            "NCLOUD_RC": str(home / "ncloudrc"),
+            "PYTHONUNBUFFERED": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    )
+    ports = {"api": free_port(), "ray": free_port(), "dashboard": free_port()}
+    srv = Server(home, env, f"http://127.0.0.1:{ports['api']}", "", "", ports)
+    env["NCLOUD_HOST"] = srv.api_url
+    started = srv.start()
+    # The state API calls the tests make need the cluster's own Ray token.
+    os.environ.update(
+        {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(home / "ray-auth-token")}
+    )
+    srv.admin_token = started["admin_token"]
+    srv.dashboard_url = started["dashboard_url"]
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def tenant(server: Server) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Make tenants for one test and remove them afterwards."""
+    made: list[str] = []
+
+    def make(name: str, cpus: int = 1, gpus: int = 0, memory: str = "256MiB") -> dict[str, Any]:
+        found = server.client().tenants.add(name, cpus, gpus, memory)
+        made.append(name)
+        return found
+
+    yield make
+    for name in made:
+        with contextlib.suppress(NcloudError):  # already removed by the test
+            server.client().tenants.remove(name, force=True)

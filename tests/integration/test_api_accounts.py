@@ -1,0 +1,150 @@
+"""Tenants, users and tokens over real HTTP against the real local cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from ncloud.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+    Unauthenticated,
+)
+from tests.integration.conftest import CPUS, Server
+
+
+def _pg(server: Server, name: str) -> dict[str, Any] | None:
+    from ray.util.state import list_placement_groups
+
+    groups = list_placement_groups(address=server.dashboard_url, detail=True)
+    live = [g for g in groups if g.name == name and g.state == "CREATED"]
+    return live[0].__dict__ if live else None
+
+
+def test_tenant_reservation_is_a_placement_group_of_its_size(server: Server, tenant) -> None:  # type: ignore[no-untyped-def]
+    made = tenant("vision", cpus=1, memory="512MiB")
+    assert made["state"] == "CREATED" and made["reserved"]["cpus"] == 1
+    group = _pg(server, made["placement_group"])
+    assert group is not None
+    bundles = [b["unit_resources"] for b in group["bundles"]]
+    assert bundles == [{"CPU": 1.0, "memory": float(512 << 20)}]
+    shown = server.client().tenants.show("vision")
+    assert shown["reservation"]["state"] == "CREATED"
+
+
+def test_reservation_larger_than_the_cluster_is_refused_at_once(server: Server, tenant) -> None:  # type: ignore[no-untyped-def]
+    tenant("half", cpus=1)
+    with pytest.raises(
+        QuotaExceeded, match=f"cluster has {CPUS - 1} CPUs unreserved; tenant asks for 4"
+    ):
+        server.client().tenants.add("greedy", 4)
+    names = [t["name"] for t in server.client().tenants.list()]
+    assert "greedy" not in names
+
+
+def test_modify_resizes_and_rm_frees(server: Server, tenant) -> None:  # type: ignore[no-untyped-def]
+    made = tenant("elastic", cpus=1)
+    resized = server.client().tenants.modify("elastic", cpus=2)
+    assert resized["reserved"]["cpus"] == 2
+    assert _pg(server, made["placement_group"]) is None
+    group = _pg(server, resized["placement_group"])
+    assert group is not None and len(group["bundles"]) == 2
+    with pytest.raises(QuotaExceeded):
+        server.client().tenants.modify("elastic", cpus=3)
+    assert _pg(server, resized["placement_group"]) is not None  # the old size stays
+    server.client().tenants.remove("elastic")
+    assert _pg(server, resized["placement_group"]) is None
+
+
+@pytest.mark.parametrize("name", ["", "x" * 65, "has space", "a/b", "ctl\x01x"])
+def test_bad_tenant_names_are_422_naming_the_rule(server: Server, name: str) -> None:
+    with pytest.raises(InvalidInput, match="1-64 characters"):
+        server.client().tenants.add(name, 1)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "memory", "match"),
+    [
+        (-1, 0, "negative"),
+        (0, 0, "at least 1"),
+        ("many", 0, "valid number"),
+        (1, "lots", "not a size"),
+        (1, -5, "negative"),
+    ],
+)
+def test_bad_resources_are_422(server: Server, cpus: Any, memory: Any, match: str) -> None:
+    response = httpx.post(
+        f"{server.api_url}/api/v1/tenants",
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+        json={"name": "numbers", "cpus": cpus, "memory": memory},
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_input"
+    assert match in response.json()["message"]
+
+
+def test_malformed_json_is_422_and_big_body_is_413(server: Server) -> None:
+    headers = {"Authorization": f"Bearer {server.admin_token}", "Content-Type": "application/json"}
+    bad = httpx.post(f"{server.api_url}/api/v1/tenants", headers=headers, content=b'{"name": ')
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
+    big = httpx.post(
+        f"{server.api_url}/api/v1/tenants",
+        headers=headers,
+        content=b'{"name": "' + b"x" * (2 << 20) + b'"}',
+    )
+    assert big.status_code == 413 and big.json()["code"] == "payload_too_large"
+
+
+def test_duplicates_are_409(server: Server, tenant: Callable[..., Any]) -> None:
+    tenant("dup")
+    with pytest.raises(Conflict, match="exists"):
+        server.client().tenants.add("dup", 1)
+    server.client().users.add("dup@example.com", ["dup"])
+    with pytest.raises(Conflict, match="exists"):
+        server.client().users.add("dup@example.com", ["dup"])
+    server.client().users.remove("dup@example.com")
+
+
+def test_tokens_401_and_403(server: Server, tenant: Callable[..., Any]) -> None:
+    tenant("alpha")
+    tenant("beta")
+    ada = server.client().users.add("ada@example.com", ["alpha"])
+    try:
+        url = f"{server.api_url}/api/v1/info"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Basic abc"}).status_code == 401
+        as_ada = server.client(token=ada["token"])
+        assert as_ada.info()["tenant"] == "alpha"
+        with pytest.raises(Forbidden, match="admin"):
+            as_ada.tenants.add("mine", 1)
+        with pytest.raises(Forbidden, match="admin"):
+            as_ada.users.list()
+        with pytest.raises(Forbidden, match="not a member of tenant 'beta'"):
+            server.client(token=ada["token"], tenant="beta").resources.list()
+        with pytest.raises(NotFound):
+            as_ada.tenants.show("beta")
+        assert (
+            server.client(token=ada["token"], tenant="alpha").resources.list()["tenant"] == "alpha"
+        )
+        second = as_ada.tokens.create("laptop")
+        assert server.client(token=second["token"]).info()["user"]["email"] == "ada@example.com"
+        assert {t["name"] for t in as_ada.tokens.list()} == {"default", "laptop"}
+        as_ada.tokens.revoke(second["id"])
+        with pytest.raises(Unauthenticated, match="revoked"):
+            server.client(token=second["token"]).info()
+    finally:
+        server.client().users.remove("ada@example.com")
+    with pytest.raises(Unauthenticated):
+        server.client(token=ada["token"]).info()
+
+
+def test_openapi_is_served(server: Server) -> None:
+    spec = httpx.get(f"{server.api_url}/api/v1/openapi.json").json()
+    assert "/tenants" in spec["paths"] or "/api/v1/tenants" in spec["paths"]

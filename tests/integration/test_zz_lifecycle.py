@@ -1,0 +1,80 @@
+"""Stop/start and SIGKILL keep every record; reservations come back. Runs last (it restarts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from tests.integration.conftest import Server, wait_for
+
+
+def _actor_pid(server: Server, class_name: str) -> int:
+    from ray.util.state import list_actors
+
+    alive = list_actors(
+        address=server.dashboard_url,
+        filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
+    )
+    if not alive:
+        raise AssertionError(f"no live {class_name} actor")
+    return int(alive[0].pid)
+
+
+def _snapshot(server: Server) -> tuple[list[str], list[str]]:
+    c = server.client()
+    return sorted(t["name"] for t in c.tenants.list()), sorted(u["email"] for u in c.users.list())
+
+
+def test_sigkill_of_the_control_plane_loses_nothing(server: Server) -> None:
+    c = server.client()
+    c.tenants.add("durable", 1, 0, "128MiB")
+    user = c.users.add("kim@example.com", ["durable"])
+    try:
+        before = _snapshot(server)
+        for actor in ("Controller", "ServeReplica:ncloud-api:api"):
+            pid = _actor_pid(server, actor)
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda p=pid, a=actor: _actor_pid(server, a) != p, 120, f"{actor} restart")
+        wait_for(lambda: server.client().info(), 120, "the API to answer again")
+        assert _snapshot(server) == before
+        as_kim = server.client(token=user["token"])
+        assert wait_for(
+            lambda: as_kim.resources.list()["state"] == "CREATED", 60, "the reservation"
+        )
+    finally:
+        c.users.remove("kim@example.com")
+        c.tenants.remove("durable", force=True)
+
+
+@pytest.mark.timeout(600)
+def test_stop_and_start_bring_everything_back(server: Server) -> None:
+    c = server.client()
+    c.tenants.add("persist", 1, 0, "128MiB")
+    user = c.users.add("lee@example.com", ["persist"])
+    extra = server.client(token=user["token"]).tokens.create("second")
+    try:
+        server.stop()
+        gone = server.cli("info", check=False)
+        assert gone.returncode == 1 and "cannot reach ncloud" in gone.stderr
+        again = server.start()
+        assert again["admin_token"] is None  # the first admin exists already
+        as_lee = server.client(token=extra["token"], tenant="persist")
+        assert as_lee.info()["user"]["email"] == "lee@example.com"
+        found = wait_for(lambda: as_lee.resources.list(), 60, "the reservation")
+        assert found["state"] == "CREATED" and found["reserved"]["cpus"] == 1
+
+        # SIGKILL the whole server (head and everything it started), then start again.
+        state_pid = int(json.loads((server.home / "server.json").read_text())["pid"])
+        os.killpg(state_pid, signal.SIGKILL)
+        wait_for(lambda: server.cli("info", check=False).returncode == 1, 60, "the server to die")
+        server.start()
+        assert server.client(token=extra["token"]).info()["user"]["email"] == "lee@example.com"
+        found = wait_for(lambda: as_lee.resources.list(), 60, "the reservation after SIGKILL")
+        assert found["state"] == "CREATED"
+    finally:
+        c = server.client()
+        c.users.remove("lee@example.com")
+        c.tenants.remove("persist", force=True)

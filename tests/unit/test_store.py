@@ -1,0 +1,57 @@
+"""The SQL store: WAL mode, immediate write transactions, schema versions that say what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from cluster import store as store_mod
+from cluster.store import SCHEMA_VERSION, open_store, schema_table
+from ncloud.errors import SchemaMismatch
+
+
+def test_sqlite_runs_in_wal_mode(store: store_mod.Store) -> None:
+    with store.read() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+    assert store.version() == SCHEMA_VERSION
+
+
+def test_failed_write_rolls_back(store: store_mod.Store) -> None:
+    from cluster import accounts
+
+    with pytest.raises(RuntimeError), store.write() as conn:
+        conn.execute(
+            accounts.tenants.insert().values(
+                name="t", cpus=1, gpus=0, memory=0, generation=1, created_at=store_mod.utcnow()
+            )
+        )
+        raise RuntimeError("boom")
+    assert accounts.list_tenants(store) == []
+
+
+def _set_version(store: store_mod.Store, version: int) -> None:
+    with store.write() as conn:
+        conn.execute(schema_table.update().values(version=version))
+
+
+def test_newer_store_says_upgrade_ncloud(store: store_mod.Store) -> None:
+    _set_version(store, SCHEMA_VERSION + 1)
+    with pytest.raises(SchemaMismatch, match="upgrade ncloud"):
+        open_store(store.url)
+    with pytest.raises(SchemaMismatch, match="newer"):
+        open_store(store.url, migrate=True)
+
+
+def test_older_store_says_run_server_start_and_migrates(store: store_mod.Store) -> None:
+    _set_version(store, 0)
+    with pytest.raises(SchemaMismatch, match="ncloud server start"):
+        open_store(store.url)
+    assert open_store(store.url, migrate=True).version() == SCHEMA_VERSION
+
+
+def test_empty_database_is_created(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'deep' / 'new.db'}"
+    assert open_store(url, migrate=True).version() == SCHEMA_VERSION
