@@ -1,0 +1,1 @@
+"""Benchmarks that run ncloud and its peers side by side and print ratios."""
