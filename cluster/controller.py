@@ -10,13 +10,14 @@ actor boundary intact.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from cluster import accounts, reservations
 from cluster.reservations import Resources
 from cluster.store import open_store
-from ncloud.errors import NcloudError, NotFound
+from ncloud.errors import Conflict, NcloudError, NotFound
 
 NAME = "ncloud-controller"
 NAMESPACE = "ncloud"
@@ -41,7 +42,9 @@ class Controller:
     def __init__(self, db_url: str) -> None:
         logging.basicConfig(level=logging.INFO)
         self.store = open_store(db_url)
+        self.ingests: dict[int, threading.Thread] = {}
         self.reconciled = self.reconcile()
+        self.resumed = self._resume_ingests()
 
     # -- reconciliation -----------------------------------------------------------------
 
@@ -64,6 +67,50 @@ class Controller:
                 failed.append(name)
         log.info("reconciled: created %s, removed %s, failed %s", created, removed, failed)
         return {"created": created, "removed": removed, "failed": failed}
+
+    # -- dataset ingest -------------------------------------------------------------------
+
+    def _resume_ingests(self) -> list[int]:
+        from jobs import datasets
+
+        found = datasets.in_status(self.store, datasets.DatasetStatus.INGESTING)
+        for tenant, dataset_id in found:
+            self._start_ingest(tenant, dataset_id)
+        return [dataset_id for _, dataset_id in found]
+
+    def _start_ingest(self, tenant: str, dataset_id: int) -> None:
+        from jobs import ingest_runner
+
+        worker = threading.Thread(
+            target=ingest_runner.run,
+            args=(self.store, tenant, dataset_id),
+            name=f"ingest-{dataset_id}",
+            daemon=True,
+        )
+        self.ingests[dataset_id] = worker
+        worker.start()
+
+    def ingest_dataset(self, tenant: str, dataset_id: int) -> dict[str, Any]:
+        """Move the dataset to Ingesting and ingest it in the background."""
+        from jobs import datasets
+
+        def run() -> dict[str, Any]:
+            running = self.ingests.get(dataset_id)
+            if running is not None and running.is_alive():
+                raise Conflict(f"dataset {dataset_id} is being ingested already")
+            moved = datasets.move(
+                self.store,
+                tenant,
+                dataset_id,
+                datasets.DatasetStatus.INGESTING,
+                progress_done=0,
+                progress_total=0,
+                error=None,
+            )
+            self._start_ingest(tenant, dataset_id)
+            return moved.as_json()
+
+        return _reply(run)
 
     def ping(self) -> dict[str, Any]:
         return {"ok": {"reconciled": self.reconciled}}
@@ -120,8 +167,12 @@ class Controller:
 
     def delete_tenant(self, name: str, force: bool) -> dict[str, Any]:
         def run() -> dict[str, Any]:
+            from jobs import storage
+
             tenant = accounts.delete_tenant(self.store, name, force)
             reservations.remove(tenant.placement_group)
+            # Rows are gone; the files they named go too, so a new tenant of that name starts empty.
+            storage.remove_tree(storage.tenant_url(name))
             return {"name": tenant.name, "removed": True}
 
         return _reply(run)

@@ -30,7 +30,7 @@ from ncloud.errors import SchemaMismatch
 metadata = MetaData()
 
 # Bump when a table changes; add the step that brings version N-1 up to N in MIGRATIONS.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 schema_table = Table(
     "ncloud_schema",
@@ -45,7 +45,10 @@ def _create_missing_tables(conn: Connection) -> None:
 
 
 # version -> the step that upgrades a store at version-1 to version.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_missing_tables}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _create_missing_tables,
+    2: _create_missing_tables,  # datasets and volumes
+}
 
 
 def utcnow() -> dt.datetime:
@@ -146,6 +149,8 @@ def open_store(url: str, migrate: bool = False) -> Store:
     """Open the store; with migrate, create or upgrade it first (the server start does)."""
     # Import the modules that own tables so that metadata knows every table.
     import cluster.accounts  # noqa: F401
+    import jobs.datasets
+    import jobs.volumes  # noqa: F401
 
     store = Store(url)
     if migrate:

@@ -42,7 +42,7 @@ def _paths(cache_dir: str | Path, sha256: str, suffix: str) -> tuple[Path, Path,
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path, blocking: bool = True) -> Iterator[bool]:
+def locked(lock_path: Path, blocking: bool = True) -> Iterator[bool]:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -112,7 +112,7 @@ def ensure_local(
     if not verify and _is_complete(data, marker):
         _touch(marker)
         return data
-    with _locked(lock):
+    with locked(lock):
         if _is_complete(data, marker) and (not verify or file_sha256(data) == sha256):
             _touch(marker)
             return data
@@ -172,7 +172,7 @@ def evict(cache_dir: str | Path, max_bytes: int, keep: Iterable[str] = ()) -> in
             break
         if sha in keep_set:
             continue
-        with _locked(root / "locks" / f"{sha}.lock", blocking=False) as got:
+        with locked(root / "locks" / f"{sha}.lock", blocking=False) as got:
             if not got:
                 continue
             # marker first: a reader that already opened the file keeps reading its inode

@@ -9,11 +9,14 @@ Every failure raises a class from ncloud.errors, the same one the server raised.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from ncloud.client_datasets import Datasets
+from ncloud.client_volumes import Volumes
 from ncloud.config import api_url
 from ncloud.errors import ServerUnreachable, error_from_body
 
@@ -43,17 +46,30 @@ class Client:
         self.users = Users(self)
         self.tokens = Tokens(self)
         self.resources = ResourcesAPI(self)
+        self.datasets = Datasets(self)
+        self.volumes = Volumes(self)
 
     def request(
-        self, method: str, path: str, json: JSON = None, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        json: JSON = None,
+        params: dict[str, Any] | None = None,
+        content: bytes | None = None,
     ) -> JSON:
+        headers = {"Content-Type": "application/octet-stream"} if content is not None else None
         try:
-            response = self._http.request(method, path, json=json, params=params)
+            response = self._http.request(
+                method, path, json=json, params=params, content=content, headers=headers
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             host = self.base_url.removesuffix("/api/v1")
             raise ServerUnreachable(
                 f"cannot reach ncloud at {host}: is it running? (ncloud server start)"
             ) from exc
+        return self._parse(response)
+
+    def _parse(self, response: httpx.Response) -> JSON:
         try:
             body = response.json()
         except ValueError:
@@ -61,6 +77,34 @@ class Client:
         if response.status_code >= 400:
             raise error_from_body(response.status_code, body)
         return body
+
+    def put_file(self, path: str, chunks: Iterator[bytes], size: int) -> JSON:
+        """Stream one file's bytes to a PUT route (bounded memory on both sides)."""
+        try:
+            response = self._http.put(
+                path,
+                content=chunks,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ServerUnreachable(
+                f"cannot reach ncloud at {self.base_url}: is it running? (ncloud server start)"
+            ) from exc
+        return self._parse(response)
+
+    def stream_download(self, path: str, dest: Path) -> int:
+        """GET a file route into dest, chunk by chunk; returns the bytes written."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        with self._http.stream("GET", path) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._parse(response)
+            with open(dest, "wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    written += len(chunk)
+        return written
 
     def health(self) -> JSON:
         return self.request("GET", "/health")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -12,30 +11,16 @@ from fastapi.responses import JSONResponse
 
 import ncloud
 from cluster import accounts
-from cluster.store import Store, open_store
 from ncloud.errors import InvalidInput, NcloudError, NotFound, ServerError
 from ncloud.settings import settings
 from ncloud.validation import check_name, parse_size
-from serve.auth import Caller, identify
-from serve.control import ControlPlane
+from serve import datasets_api, volumes_api
+from serve.auth import Caller
+from serve.deps import caller, control, store
 from serve.limits import BodySizeLimit
 from serve.schemas import TenantIn, TenantPatch, TokenIn, UserIn, UserPatch
 
 log = logging.getLogger("ncloud.api")
-
-
-@functools.cache
-def store() -> Store:
-    return open_store(settings().db_url)
-
-
-@functools.cache
-def control() -> ControlPlane:
-    return ControlPlane()
-
-
-def caller(request: Request) -> Caller:
-    return identify(request, store())
 
 
 def _user(u: accounts.User) -> dict[str, Any]:
@@ -217,6 +202,8 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     app.include_router(router)
+    app.include_router(datasets_api.router)
+    app.include_router(volumes_api.router)
 
     @app.exception_handler(NcloudError)
     async def on_domain_error(_: Request, exc: NcloudError) -> JSONResponse:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ncloud.cli import accounts, common, server, tokens
+from ncloud.cli import accounts, common, datasets, server, tokens, volumes
 from ncloud.cli.common import OPTIONS, OutputOpt
 from ncloud.errors import NcloudError
 from ncloud.render import Output, err, message, render
@@ -26,6 +26,8 @@ app.add_typer(accounts.tenant_app, name="tenant")
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(tokens.token_app, name="token")
 app.add_typer(tokens.resource_app, name="resource")
+app.add_typer(datasets.app, name="dataset")
+app.add_typer(volumes.app, name="volume")
 
 
 @app.callback()

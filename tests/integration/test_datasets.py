@@ -1,0 +1,253 @@
+"""Datasets over the real server: upload -> ingest -> Ready, bad rows, resume, isolation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from examples.digits import make_digits
+from jobs.loader import ShardLoader
+from ncloud.errors import InvalidInput, NotFound
+from tests.integration.conftest import Server
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("digits")
+    make_digits(out, size=16)
+    return out
+
+
+@pytest.fixture
+def team(server: Server, tenant: Callable[..., Any]) -> Iterator[dict[str, str]]:
+    """A tenant with one user; returns {"tenant", "token"}."""
+    name = f"data{len(server.client().tenants.list())}"
+    tenant(name, cpus=1)
+    user = server.client().users.add(f"{name}@example.com", [name])
+    yield {"tenant": name, "token": user["token"]}
+    server.client().users.remove(f"{name}@example.com")
+
+
+def test_upload_ingest_ready_and_loader_reads_it(
+    server: Server, team: dict[str, str], digits: Path
+) -> None:
+    out = server.cli(
+        "dataset",
+        "upload",
+        str(digits / "train.tsv"),
+        "--name",
+        "digits",
+        "-o",
+        "json",
+        token=team["token"],
+        tenant=team["tenant"],
+    )
+    found = json.loads(out.stdout)
+    assert found["status"] == "Ready" and found["rows"] == 1430
+    assert found["classes"] == sorted(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    )
+    assert sum(found["class_counts"].values()) == 1430 and found["shape"] == [16, 16, 1]
+    assert "ncloud dataset show" in out.stderr  # next steps
+    listed = json.loads(
+        server.cli("dataset", "ls", "-o", "json", token=team["token"], tenant=team["tenant"]).stdout
+    )
+    assert [d["name"] for d in listed] == ["digits"]
+
+    ds_url = str(
+        server.home / "storage" / "tenants" / team["tenant"] / "datasets" / str(found["id"])
+    )
+    loader = ShardLoader(ds_url, batch_size=100, shuffle_seed=1)
+    batches = list(loader)
+    assert sum(len(y) for _, y in batches) == 1430
+    assert batches[0][0].shape[1:] == (1, 16, 16) and int(batches[0][1].max()) <= 9
+
+    target = server.home / "downloaded"
+    server.cli(
+        "dataset",
+        "download",
+        str(found["id"]),
+        "-d",
+        str(target),
+        token=team["token"],
+        tenant=team["tenant"],
+    )
+    some = "train/" + sorted(p.name for p in (digits / "train").iterdir())[0]
+    assert (target / "digits" / some).read_bytes() == (digits / some).read_bytes()
+
+    server.cli(
+        "dataset", "rm", str(found["id"]), "--yes", token=team["token"], tenant=team["tenant"]
+    )
+    assert not Path(ds_url).exists()
+
+
+def test_bad_rows_go_to_error_naming_them_and_a_retry_works(
+    server: Server, team: dict[str, str], tmp_path: Path, digits: Path
+) -> None:
+    shutil.copytree(digits / "valid", tmp_path / "valid")
+    rows = (digits / "valid.tsv").read_text().splitlines()[:40]
+    good = (tmp_path / rows[5].split("\t")[0]).read_bytes()
+    truncated, fake = rows[5].split("\t")[0], "valid/fake.png"
+    (tmp_path / truncated).write_bytes(good[: len(good) // 2])
+    (tmp_path / fake).write_text("I am not a picture")
+    rows.append(f"{fake}\tone")
+    (tmp_path / "m.tsv").write_text("\n".join(rows) + "\n")
+    failed = server.cli(
+        "dataset",
+        "upload",
+        str(tmp_path / "m.tsv"),
+        "--name",
+        "broken",
+        token=team["token"],
+        tenant=team["tenant"],
+        check=False,
+    )
+    assert failed.returncode == 1
+    assert "line 6" in failed.stderr and "line 41" in failed.stderr  # the header is line 1
+    client = server.client(token=team["token"], tenant=team["tenant"])
+    broken = next(d for d in client.datasets.list() if d["name"] == "broken")
+    assert broken["status"] == "Error" and broken["shards"] is None
+    ds_dir = server.home / "storage" / "tenants" / team["tenant"] / "datasets" / str(broken["id"])
+    assert not (ds_dir / "index.json").exists() and not (ds_dir / "shards").exists()
+
+    (tmp_path / truncated).write_bytes(good)  # fix both files and upload again
+    shutil.copy(tmp_path / truncated, tmp_path / fake)
+    fixed = json.loads(
+        server.cli(
+            "dataset",
+            "upload",
+            str(tmp_path / "m.tsv"),
+            "--name",
+            "broken",
+            "-o",
+            "json",
+            token=team["token"],
+            tenant=team["tenant"],
+        ).stdout
+    )
+    assert fixed["id"] == broken["id"] and fixed["status"] == "Ready" and fixed["rows"] == 40
+
+
+def test_interrupted_upload_is_never_ready_and_resumes(
+    server: Server, team: dict[str, str], digits: Path
+) -> None:
+    client = server.client(token=team["token"], tenant=team["tenant"])
+    manifest = (digits / "valid.tsv").read_bytes()
+    created = client.datasets.create("partial", manifest, "valid.tsv")
+    assert created["status"] == "Uploading" and len(created["needed"]) == 357
+    for name in created["needed"][:100]:
+        data = (digits / name).read_bytes()
+        client.datasets.put_file(created["id"], name, iter([data]), len(data))
+    with pytest.raises(InvalidInput, match="257 files named by the manifest are not uploaded"):
+        client.datasets.ingest(created["id"])
+    assert client.datasets.show(created["id"])["status"] == "Uploading"
+    done = server.cli(
+        "dataset",
+        "upload",
+        str(digits / "valid.tsv"),
+        "--name",
+        "partial",
+        "-o",
+        "json",
+        token=team["token"],
+        tenant=team["tenant"],
+    )
+    assert "100 of 357 files are there already" in done.stderr
+    assert json.loads(done.stdout)["status"] == "Ready"
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "../escape.png\tone",
+        "/etc/passwd\tone",
+        "file:///etc/passwd\tone",
+        "http://x/y.png\tone",
+        "memory://x.png\tone",
+        "a::b.png\tone",
+    ],
+)
+def test_manifest_rows_that_escape_are_422_and_store_nothing(
+    server: Server, team: dict[str, str], row: str
+) -> None:
+    client = server.client(token=team["token"], tenant=team["tenant"])
+    with pytest.raises(InvalidInput, match="line 2"):
+        client.datasets.create("escape", f"@FILE\t@STRING\n{row}\n".encode(), "m.tsv")
+    assert all(d["name"] != "escape" for d in client.datasets.list())
+
+
+def test_cli_refuses_a_symlink_leaving_the_root(
+    server: Server, team: dict[str, str], tmp_path: Path, digits: Path
+) -> None:
+    outside = tmp_path / "outside.png"
+    shutil.copy(digits / "holdout" / "0000.png", outside)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.png").symlink_to(outside)
+    (tmp_path / "data" / "m.tsv").write_text("@FILE\t@STRING\na.png\tzero\n")
+    proc = server.cli(
+        "dataset",
+        "upload",
+        str(tmp_path / "data" / "m.tsv"),
+        "--name",
+        "link",
+        token=team["token"],
+        tenant=team["tenant"],
+        check=False,
+    )
+    assert proc.returncode == 1 and "leaves" in proc.stderr
+
+
+def test_another_tenants_dataset_is_404(
+    server: Server, team: dict[str, str], tenant: Callable[..., Any], digits: Path
+) -> None:
+    mine = server.client(token=team["token"], tenant=team["tenant"])
+    created = mine.datasets.create("private", (digits / "holdout.tsv").read_bytes(), "h.tsv")
+    tenant("other", cpus=1)
+    theirs = server.client().users.add("eve@example.com", ["other"])
+    try:
+        eve = server.client(token=theirs["token"], tenant="other")
+        for call in (
+            lambda: eve.datasets.show(created["id"]),
+            lambda: eve.datasets.remove(created["id"]),
+            lambda: eve.datasets.ingest(created["id"]),
+            lambda: eve.datasets.files(created["id"]),
+        ):
+            with pytest.raises(NotFound):
+                call()
+        assert mine.datasets.show(created["id"])["name"] == "private"
+    finally:
+        server.client().users.remove("eve@example.com")
+        mine.datasets.remove(created["id"])
+
+
+def test_a_file_over_the_limit_is_refused_before_it_is_read(
+    server: Server, team: dict[str, str], digits: Path
+) -> None:
+    client = server.client(token=team["token"], tenant=team["tenant"])
+    created = client.datasets.create("huge", (digits / "holdout.tsv").read_bytes(), "h.tsv")
+    port = int(server.api_url.rsplit(":", 1)[1])
+    request = (
+        f"PUT /api/v1/datasets/{created['id']}/files/holdout/0000.png HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nAuthorization: Bearer {team['token']}\r\n"
+        f"X-Ncloud-Tenant: {team['tenant']}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {300 << 20}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)  # headers only: the server must answer without the body
+        reply = sock.recv(65536).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413")
+    assert '"code":"payload_too_large"' in reply.replace(" ", "")
+    manifest_size = (digits / "holdout.tsv").stat().st_size
+    assert client.datasets.files(created["id"]) == {"h.tsv": manifest_size}
+    client.datasets.remove(created["id"])
+
+
+def test_no_token_is_401(server: Server) -> None:
+    assert httpx.get(f"{server.api_url}/api/v1/datasets").status_code == 401
