@@ -42,7 +42,8 @@ def make_digits(
         lines = ["@FILE\t@STRING"]
         for i in rows:
             name = f"{split}/{i:04d}.png"
-            image = Image.fromarray(images[i], mode="L").resize((size, size), Image.NEAREST)
+            image = Image.fromarray(images[i], mode="L")
+            image = image.resize((size, size), Image.Resampling.NEAREST)
             image.save(out / name)
             lines.append(f"{name}\t{NAMES[labels[i]]}")
         (out / f"{split}.tsv").write_text("\n".join(lines) + "\n")

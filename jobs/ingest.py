@@ -105,9 +105,19 @@ def describe_failure(exc: BaseException) -> str:
     """One line for a dataset's Error status."""
     if isinstance(exc, NcloudError):
         return exc.message
-    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+    if isinstance(exc, OSError | TimeoutError | ConnectionError) or _is_connection_error(exc):
         return (
             f"storage unreachable or failing ({type(exc).__name__}: {exc}); "
             "retry with `ncloud dataset ingest ID`"
         )
     return f"{type(exc).__name__}: {exc}"
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """botocore's connection failures are not OSErrors; recognise them by their base class."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:
+        return False
+    return isinstance(exc, BotoConnectionError | HTTPClientError)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,14 +22,27 @@ import pytest
 
 from ncloud.client import Client
 from ncloud.errors import NcloudError
+from tests.s3 import CREDENTIALS, FlakyProxy, MotoServer, free_port
 
-CPUS = 2
+# Logical CPUs of the test cluster: one more than the cores, so a tenant can hold two bundles
+# for training while other tests make tenants of their own.
+CPUS = 3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass
+class S3:
+    """The session's real S3 endpoint: moto, and the proxy the server talks to it through."""
+
+    moto: MotoServer
+    proxy: FlakyProxy
+
+    def fs(self) -> Any:
+        """An s3fs filesystem straight to moto (not through the proxy), for test setup."""
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            key="testing", secret="testing", client_kwargs={"endpoint_url": self.moto.url}
+        )
 
 
 @dataclass
@@ -41,6 +53,7 @@ class Server:
     dashboard_url: str
     admin_token: str
     ports: dict[str, int]
+    s3: S3
 
     def cli(
         self,
@@ -105,7 +118,18 @@ def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "c
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def s3() -> Iterator[S3]:
+    moto = MotoServer()
+    proxy = FlakyProxy(moto.port)
+    try:
+        yield S3(moto, proxy)
+    finally:
+        proxy.stop()
+        moto.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, s3: S3) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("ncloud-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NCLOUD_")}
     env.update(
@@ -114,10 +138,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "NCLOUD_RC": str(home / "ncloudrc"),
             "PYTHONUNBUFFERED": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
+            "NCLOUD_S3_ENDPOINT_URL": s3.proxy.url,
+            **CREDENTIALS,
         }
     )
     ports = {"api": free_port(), "ray": free_port(), "dashboard": free_port()}
-    srv = Server(home, env, f"http://127.0.0.1:{ports['api']}", "", "", ports)
+    srv = Server(home, env, f"http://127.0.0.1:{ports['api']}", "", "", ports, s3)
     env["NCLOUD_HOST"] = srv.api_url
     started = srv.start()
     # The state API calls the tests make need the cluster's own Ray token.

@@ -227,6 +227,24 @@ def test_another_tenants_dataset_is_404(
         mine.datasets.remove(created["id"])
 
 
+def _read_response(sock: socket.socket) -> str:
+    """One whole HTTP response (headers and body may come in separate segments)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if not (chunk := sock.recv(65536)):
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+         if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode(errors="replace")
+
+
 def test_a_file_over_the_limit_is_refused_before_it_is_read(
     server: Server, team: dict[str, str], digits: Path
 ) -> None:
@@ -241,7 +259,7 @@ def test_a_file_over_the_limit_is_refused_before_it_is_read(
     ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(request)  # headers only: the server must answer without the body
-        reply = sock.recv(65536).decode(errors="replace")
+        reply = _read_response(sock)
     assert reply.startswith("HTTP/1.1 413")
     assert '"code":"payload_too_large"' in reply.replace(" ", "")
     manifest_size = (digits / "holdout.tsv").stat().st_size
@@ -251,3 +269,33 @@ def test_a_file_over_the_limit_is_refused_before_it_is_read(
 
 def test_no_token_is_401(server: Server) -> None:
     assert httpx.get(f"{server.api_url}/api/v1/datasets").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("manifest", "match"),
+    [
+        (b"", "empty"),
+        (b"@FILE\t@STRING\n", "no rows|header only|empty"),
+        (b"@FILE\t@WEIRD\na.png\tone\n", "WEIRD"),
+        (b"@FILE\t@STRING\na.png\tone\textra\n", "line 2"),
+        (b"@FILE\t@ASCII_INT\na.png\tseven\n", "line 2"),
+        (b"@FILE\t@STRING\n\xff\xfe.png\tone\n", "UTF-8|utf-8"),
+    ],
+)
+def test_bad_manifests_are_422_and_store_nothing(
+    server: Server, team: dict[str, str], manifest: bytes, match: str
+) -> None:
+    client = server.client(token=team["token"], tenant=team["tenant"])
+    with pytest.raises(InvalidInput, match=match):
+        client.datasets.create("bad-manifest", manifest, "m.tsv")
+    assert client.datasets.list() == []
+
+
+def test_crlf_and_bom_manifests_are_accepted(
+    server: Server, team: dict[str, str], digits: Path
+) -> None:
+    client = server.client(token=team["token"], tenant=team["tenant"])
+    text = (digits / "holdout.tsv").read_text().replace("\n", "\r\n")
+    created = client.datasets.create("crlf", b"\xef\xbb\xbf" + text.encode(), "h.tsv")
+    assert created["rows"] == 10 and len(created["needed"]) == 10
+    client.datasets.remove(created["id"])
