@@ -37,6 +37,8 @@ integration: install
 
 bench: install
 	$(PY) -m bench.loader
+	$(PY) -m bench.train
+	$(PY) -m bench.queue
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -45,6 +45,9 @@ class Controller:
         self.ingests: dict[int, threading.Thread] = {}
         self.reconciled = self.reconcile()
         self.resumed = self._resume_ingests()
+        from cluster.scheduler import Scheduler
+
+        self.scheduler = Scheduler(self.store, db_url)
 
     # -- reconciliation -----------------------------------------------------------------
 
@@ -113,7 +116,36 @@ class Controller:
         return _reply(run)
 
     def ping(self) -> dict[str, Any]:
-        return {"ok": {"reconciled": self.reconciled}}
+        return {"ok": {"reconciled": self.reconciled, "runs": self.scheduler.recovered}}
+
+    # -- training runs ------------------------------------------------------------------------
+
+    def wake(self) -> dict[str, Any]:
+        """A run was queued: admit it now rather than at the next tick."""
+        self.scheduler.wake.set()
+        return {"ok": True}
+
+    def stop_run(self, tenant: str, model_id: int) -> dict[str, Any]:
+        from jobs import models
+
+        def run() -> dict[str, Any]:
+            found = models.latest_run(self.store, tenant, model_id)
+            if found.status.is_terminal():
+                raise Conflict(f"model {model_id} is {found.status.value}; nothing to stop")
+            return {"status": self.scheduler.stop(found).status.value}
+
+        return _reply(run)
+
+    def worker_pids(self, model_id: int) -> dict[str, Any]:
+        """The training processes of a model's current launch (tests use it to kill one)."""
+        import ray
+
+        active = next(
+            (a for a in self.scheduler.active.values() if a.key.startswith(f"m{model_id}-")), None
+        )
+        if active is None:
+            return {"ok": []}
+        return {"ok": [ray.get(a.child_pid.remote(active.key), timeout=30) for a in active.actors]}
 
     # -- reservations -------------------------------------------------------------------
 
@@ -145,6 +177,8 @@ class Controller:
     def resize_tenant(self, name: str, cpus: float, gpus: float, memory: int) -> dict[str, Any]:
         def run() -> dict[str, Any]:
             old = accounts.get_tenant(self.store, name)
+            if self._training_bundles(name):
+                raise Conflict(f"tenant {name!r} has training runs: stop them before resizing")
             want = Resources(cpus, gpus, memory)
             reservations.check_fit(
                 want, reservations.cluster_total(), self._reserved_by_others(name)
@@ -169,6 +203,8 @@ class Controller:
         def run() -> dict[str, Any]:
             from jobs import storage
 
+            if self._training_bundles(name):
+                raise Conflict(f"tenant {name!r} has training runs: stop them first")
             tenant = accounts.delete_tenant(self.store, name, force)
             reservations.remove(tenant.placement_group)
             # Rows are gone; the files they named go too, so a new tenant of that name starts empty.
@@ -185,14 +221,29 @@ class Controller:
         if live is None and accounts.tenant_exists(self.store, tenant.name) is False:
             raise NotFound(f"no tenant {tenant.name!r}")
         in_use = reservations.usage(live["id"]) if live else Resources(0, 0, 0)
+        bundles = reservations.bundles_for(_want(tenant))
+        training = self._training_bundles(tenant.name)
+        for b in training:
+            if b < len(bundles):
+                shape = bundles[b]
+                in_use = in_use.plus(
+                    Resources(shape.get("CPU", 0), shape.get("GPU", 0), int(shape.get("memory", 0)))
+                )
         return {
             "tenant": tenant.name,
             "reserved": _want(tenant).as_dict(),
             "in_use": in_use.as_dict(),
             "placement_group": tenant.placement_group,
             "state": live["state"] if live else "MISSING",
-            "bundles": reservations.bundles_for(_want(tenant)),
+            "bundles": bundles,
+            "training_bundles": sorted(training),
         }
+
+    def _training_bundles(self, tenant: str) -> set[int]:
+        from jobs import models
+
+        active = models.runs_in(self.store, {models.RunStatus.STARTING, models.RunStatus.RUNNING})
+        return {b for r in active if r.tenant == tenant for b in r.placement or []}
 
     def cluster(self) -> dict[str, Any]:
         def run() -> dict[str, Any]:

@@ -93,12 +93,12 @@ def control_plane_env() -> dict[str, str]:
         "NCLOUD_HOME": str(s.home),
         "NCLOUD_DB_URL": s.db_url,
         "NCLOUD_STORAGE": s.storage,
-        "NCLOUD_CACHE_DIR": str(s.cache_dir),
         "NCLOUD_MAX_BODY_BYTES": str(s.max_body_bytes),
         "NCLOUD_MAX_FILE_BYTES": str(s.max_file_bytes),
     }
     for key, value in os.environ.items():
-        if key.startswith(("NCLOUD_", "AWS_")) and key not in env:
+        # The shard cache is the node's own: each node's raylet environment names it.
+        if key.startswith(("NCLOUD_", "AWS_")) and key not in env and key != "NCLOUD_CACHE_DIR":
             env[key] = value
     return env
 
@@ -154,7 +154,11 @@ def _start_head(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, **control_plane_env()},
+            env={
+                **os.environ,
+                **control_plane_env(),
+                "NCLOUD_CACHE_DIR": str(settings().cache_dir),
+            },
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -195,6 +199,7 @@ def deploy_control_plane(ray_address: str, api_host: str, api_port: int) -> None
             lifetime="detached",
             max_restarts=-1,
             max_task_retries=-1,
+            max_concurrency=8,
             num_cpus=0,
             get_if_exists=True,
         ).remote(env["NCLOUD_DB_URL"])

@@ -30,7 +30,7 @@ from ncloud.errors import SchemaMismatch
 metadata = MetaData()
 
 # Bump when a table changes; add the step that brings version N-1 up to N in MIGRATIONS.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 schema_table = Table(
     "ncloud_schema",
@@ -48,6 +48,7 @@ def _create_missing_tables(conn: Connection) -> None:
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create_missing_tables,
     2: _create_missing_tables,  # datasets and volumes
+    3: _create_missing_tables,  # models, runs, epoch metrics, log lines
 }
 
 
@@ -150,6 +151,7 @@ def open_store(url: str, migrate: bool = False) -> Store:
     # Import the modules that own tables so that metadata knows every table.
     import cluster.accounts  # noqa: F401
     import jobs.datasets
+    import jobs.metrics
     import jobs.volumes  # noqa: F401
 
     store = Store(url)

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from examples.digits import make_digits
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -93,6 +95,31 @@ def main() -> None:
         sh.run("info")
         sh.run("resource", "ls")
         sh.run("token", "ls")
+
+        data = home / "digits"
+        if not (data / "train.tsv").exists():
+            print(f"\nmaking the example dataset in {data} (scikit-learn's digits as PNGs)")
+            make_digits(data)
+        train = sh.json("dataset", "upload", str(data / "train.tsv"), "--name", "digits-train")
+        valid = sh.json("dataset", "upload", str(data / "valid.tsv"), "--name", "digits-valid")
+        sh.run("dataset", "show", str(train["id"]))
+        sh.run("dataset", "ls")
+
+        print("\ntraining the example CNN (examples/cnn.yaml) on the digits, following it live")
+        sh.run(
+            "model",
+            "train",
+            str(ROOT / "examples" / "cnn.yaml"),
+            "--dataset",
+            f"train:{train['id']},valid:{valid['id']}",
+            "-e",
+            "8",
+            "-n",
+            "digits-cnn",
+            "-L",
+        )
+        model = next(m for m in sh.json("model", "ls") if m["name"] == "digits-cnn")
+        sh.run("model", "show", str(model["id"]))
         sh.run("server", "status")
         print("\nrestarting the server: every record and reservation comes back")
         sh.run("server", "stop")
@@ -109,6 +136,8 @@ def main() -> None:
             str(_free_port()),
         )
         sh.run("resource", "ls")
+        sh.run("dataset", "ls")
+        sh.run("model", "ls")
         print("\ndemo complete.")
     finally:
         if not args.keep:

@@ -59,6 +59,29 @@ def rank_pieces(
     return pieces
 
 
+def row_segments(
+    shard_rows: Sequence[int], rows: tuple[float, float] | None
+) -> list[tuple[int, int]]:
+    """Per shard, the (first, end) rows inside the fraction range `rows` of all rows in order.
+
+    The same boundary fraction always cuts at the same row, so (0, 0.8) and (0.8, 1) split
+    a dataset into two disjoint parts that cover it.
+    """
+    if rows is None:
+        return [(0, n) for n in shard_rows]
+    lo, hi = rows
+    if not 0.0 <= lo < hi <= 1.0:
+        raise InvalidInput(f"rows {rows!r} must be fractions with 0 <= first < end <= 1")
+    total = sum(shard_rows)
+    first, end = round(lo * total), round(hi * total)
+    segments, pos = [], 0
+    for n in shard_rows:
+        a, b = min(max(first - pos, 0), n), min(max(end - pos, 0), n)
+        segments.append((a, max(a, b)))
+        pos += n
+    return segments
+
+
 def _fixed_rows(column: pa.ChunkedArray, row_bytes: int) -> np.ndarray:
     """The binary column as one uint8 [n, row_bytes] array over Arrow's buffer (no row loop)."""
     parts = []
@@ -136,6 +159,8 @@ class ShardLoader:
 
     x: images float32 [N, C, h, w]; features float32 [N, d]; text int64 [N, L];
     audio float32 [N, C, L] (see jobs.transforms). y: int64 [N] (-1 = no label).
+    rows=(a, b) keeps only that fraction range of the rows in index order (a hold-out split),
+    before the rows are split among ranks and shuffled.
     A background thread reads Parquet row groups in a shuffled order into a window of at most
     buffer_bytes, shuffles the window and cuts batches; a second thread transforms them;
     at most `prefetch` finished batches wait. Memory stays bounded whatever the dataset size.
@@ -158,6 +183,7 @@ class ShardLoader:
         buffer_bytes: int = 256 << 20,
         cache_max_bytes: int | None = None,
         mix_shards: int = 8,
+        rows: tuple[float, float] | None = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise InvalidInput(f"rank {rank} is not in 0..{world_size - 1}")
@@ -179,7 +205,9 @@ class ShardLoader:
             raise InvalidInput("this dataset's images differ in size: add a 'resize'")
         self.dtype = NP_DTYPES[self.index.dtype]
         self.row_bytes = math.prod(shape) * ITEM_BYTES[self.index.dtype] if shape else 0
-        self.rows_per_rank = math.ceil(self.index.rows / world_size)
+        self.segments = row_segments([s.rows for s in self.index.shards], rows)
+        self.rows = sum(b - a for a, b in self.segments)  # this loader's rows, all ranks
+        self.rows_per_rank = math.ceil(self.rows / world_size)
         self.peak_buffer_bytes = 0  # the most example bytes held in the shuffle window
 
     def set_epoch(self, epoch: int) -> None:
@@ -270,8 +298,11 @@ class ShardLoader:
         """
         seed = self.shuffle_seed
         rng = None if seed is None else np.random.default_rng([seed, epoch, self.rank])
-        shard_rows = [s.rows for s in self.index.shards]
-        pieces = rank_pieces(shard_rows, self.rank, self.world_size, seed, epoch)
+        lengths = [b - a for a, b in self.segments]
+        pieces = [
+            (s, self.segments[s][0] + a, self.segments[s][0] + b)
+            for s, a, b in rank_pieces(lengths, self.rank, self.world_size, seed, epoch)
+        ]
         groups = [pieces[g : g + self.mix_shards] for g in range(0, len(pieces), self.mix_shards)]
         shards = [sorted({s for s, _, _ in group}) for group in groups]
         columns = ["x", "y"] if self.row_bytes else ["x", "shape", "y"]

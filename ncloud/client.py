@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from ncloud.client_datasets import Datasets
+from ncloud.client_models import Models
 from ncloud.client_volumes import Volumes
 from ncloud.config import api_url
 from ncloud.errors import ServerUnreachable, error_from_body
@@ -48,6 +49,7 @@ class Client:
         self.resources = ResourcesAPI(self)
         self.datasets = Datasets(self)
         self.volumes = Volumes(self)
+        self.models = Models(self)
 
     def request(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -14,7 +15,7 @@ from cluster import accounts
 from ncloud.errors import InvalidInput, NcloudError, NotFound, ServerError
 from ncloud.settings import settings
 from ncloud.validation import check_name, parse_size
-from serve import datasets_api, volumes_api
+from serve import datasets_api, models_api, volumes_api
 from serve.auth import Caller
 from serve.deps import caller, control, store
 from serve.limits import BodySizeLimit
@@ -204,6 +205,7 @@ def create_app() -> FastAPI:
     app.include_router(router)
     app.include_router(datasets_api.router)
     app.include_router(volumes_api.router)
+    app.include_router(models_api.router)
 
     @app.exception_handler(NcloudError)
     async def on_domain_error(_: Request, exc: NcloudError) -> JSONResponse:
@@ -220,6 +222,9 @@ def create_app() -> FastAPI:
         error = ServerError(f"internal error ({type(exc).__name__}); see the server log")
         return JSONResponse(error.to_body(), status_code=error.http_status)
 
+    from jobs import specs
+
+    threading.Thread(target=specs.warm_checker, name="warm-spec-checker", daemon=True).start()
     s = settings()
     app.add_middleware(BodySizeLimit, max_body=s.max_body_bytes, max_file=s.max_file_bytes)
     return app

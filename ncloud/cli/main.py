@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ncloud.cli import accounts, common, datasets, server, tokens, volumes
+from ncloud.cli import accounts, common, datasets, models, server, tokens, volumes
 from ncloud.cli.common import OPTIONS, OutputOpt
 from ncloud.errors import NcloudError
 from ncloud.render import Output, err, message, render
@@ -28,6 +28,7 @@ app.add_typer(tokens.token_app, name="token")
 app.add_typer(tokens.resource_app, name="resource")
 app.add_typer(datasets.app, name="dataset")
 app.add_typer(volumes.app, name="volume")
+app.add_typer(models.app, name="model")
 
 
 @app.callback()

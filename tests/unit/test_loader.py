@@ -166,3 +166,17 @@ def test_features_and_text_datasets_load() -> None:
     x, y = next(iter(ShardLoader(url, batch_size=3, transform={"length": 2})))
     assert x.tolist() == [[97, 0], [98, 98], [99, 99]] and y.tolist() == [0, 1, 0]
     assert fsspec.filesystem("memory").exists(url.removeprefix("memory://") + "/index.json")
+
+
+def test_rows_split_off_a_disjoint_hold_out_before_ranks_and_shuffling(images: str) -> None:
+    held = labels(ShardLoader(images, batch_size=64, rows=(0.8, 1.0)))
+    assert held == list(range(800, 1000))  # the index order, unshuffled
+    kept = [labels(ShardLoader(images, r, 3, 64, shuffle_seed=5, rows=(0, 0.8))) for r in range(3)]
+    assert [len(k) for k in kept] == [267] * 3  # 800 rows wrap to equal shares
+    assert set().union(*map(set, kept)) == set(range(800))
+    assert kept[0] != sorted(kept[0])
+    loader = ShardLoader(images, 0, 2, batch_size=50, rows=(0.25, 0.5))
+    assert loader.rows == 250 and len(loader) == 3
+    for bad in [(0.5, 0.5), (-0.1, 0.5), (0.2, 1.5)]:
+        with pytest.raises(InvalidInput, match="fractions"):
+            ShardLoader(images, rows=bad)

@@ -1,0 +1,134 @@
+"""Per-epoch metrics and log lines of a model's runs: the tables and their queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    Table,
+    Text,
+    UniqueConstraint,
+    delete,
+    insert,
+    select,
+)
+
+from cluster import accounts
+from cluster.store import Store, metadata, utcnow
+from jobs import models
+
+METRIC_KEYS = ("train_loss", "valid_loss", "valid_accuracy", "samples_per_s", "epoch_s")
+
+epoch_metrics = Table(
+    "epoch_metrics",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("model_id", Integer, ForeignKey("models.id"), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("epoch", Integer, nullable=False),
+    *[Column(key, Float) for key in METRIC_KEYS],
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("model_id", "epoch"),
+)
+
+log_lines = Table(
+    "log_lines",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("model_id", Integer, ForeignKey("models.id"), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("line", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# Rows that point at models go before the models themselves when a tenant is removed.
+for _table in (epoch_metrics, log_lines, models.runs, models.models):
+    if _table not in accounts.TENANT_OWNED:
+        accounts.TENANT_OWNED.append(_table)
+
+
+def record_epoch(store: Store, run: models.Run, tenant_id: int, values: dict[str, Any]) -> None:
+    """Store one epoch's metrics; an epoch redone after a restart replaces the earlier row."""
+    epoch = int(values["epoch"])
+    row = {key: _number(values.get(key)) for key in METRIC_KEYS}
+    with store.write() as conn:
+        conn.execute(
+            delete(epoch_metrics).where(
+                (epoch_metrics.c.model_id == run.model_id) & (epoch_metrics.c.epoch >= epoch)
+            )
+        )
+        conn.execute(
+            insert(epoch_metrics).values(
+                tenant_id=tenant_id,
+                model_id=run.model_id,
+                attempt=run.attempt,
+                epoch=epoch,
+                created_at=utcnow(),
+                **row,
+            )
+        )
+        conn.execute(
+            models.runs.update().where(models.runs.c.id == run.id).values(epochs_done=epoch)
+        )
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def epochs(store: Store, model_id: int) -> list[dict[str, Any]]:
+    with store.read() as conn:
+        rows = conn.execute(
+            select(epoch_metrics)
+            .where(epoch_metrics.c.model_id == model_id)
+            .order_by(epoch_metrics.c.epoch)
+        ).all()
+    return [
+        {"epoch": r.epoch, "attempt": r.attempt, **{k: getattr(r, k) for k in METRIC_KEYS}}
+        for r in rows
+    ]
+
+
+def add_lines(store: Store, run: models.Run, tenant_id: int, lines: list[str]) -> None:
+    if not lines:
+        return
+    now = utcnow()
+    with store.write() as conn:
+        conn.execute(
+            insert(log_lines),
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "model_id": run.model_id,
+                    "attempt": run.attempt,
+                    "line": line[:4000],
+                    "created_at": now,
+                }
+                for line in lines
+            ],
+        )
+
+
+def lines(store: Store, model_id: int, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    """Log lines with id > after, oldest first: [{id, attempt, line}]."""
+    with store.read() as conn:
+        rows = conn.execute(
+            select(log_lines.c.id, log_lines.c.attempt, log_lines.c.line)
+            .where((log_lines.c.model_id == model_id) & (log_lines.c.id > after))
+            .order_by(log_lines.c.id)
+            .limit(limit)
+        ).all()
+    return [{"id": r.id, "attempt": r.attempt, "line": r.line} for r in rows]
+
+
+def delete_for_model(conn: Connection, model_id: int) -> None:
+    conn.execute(delete(epoch_metrics).where(epoch_metrics.c.model_id == model_id))
+    conn.execute(delete(log_lines).where(log_lines.c.model_id == model_id))

@@ -1,0 +1,275 @@
+"""`ncloud model ...`: train, ls, show (with -l log and -L follow), stop, resume, results, rm."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ncloud.cli import common
+from ncloud.cli.common import OutputOpt, YesOpt, confirm
+from ncloud.errors import InvalidInput, NcloudError, UsageError
+from ncloud.render import Output, err, message, out, render
+
+app = typer.Typer(help="The tenant's models: train, watch, stop, resume.", no_args_is_help=True)
+
+COLUMNS = ["id", "name", "status", "epochs_done", "epochs", "workers", "gpus", "restarts", "reason"]
+SHOW = [
+    "id",
+    "name",
+    "spec",
+    "status",
+    "attempt",
+    "epochs_done",
+    "epochs",
+    "batch_size",
+    "workers",
+    "gpus",
+    "train_dataset",
+    "valid_dataset",
+    "validation_percent",
+    "volume",
+    "priority",
+    "restarts",
+    "max_restarts",
+    "reason",
+    "progress",
+    "checkpoints",
+    "error",
+    "created_at",
+    "started_at",
+    "ended_at",
+]
+METRICS = ["epoch", "train_loss", "valid_loss", "valid_accuracy", "samples_per_s", "epoch_s"]
+TERMINAL = ("Completed", "Failed", "Stopped")
+FOLLOW_TIMEOUT_S = 24 * 3600.0
+
+
+def parse_datasets(value: str) -> dict[str, int]:
+    """`train:3,valid:4` (or just `3`) -> {"train": 3, "valid": 4}."""
+    found: dict[str, int] = {}
+    for part in value.split(","):
+        role, _, ident = part.strip().rpartition(":")
+        role = role or "train"
+        if role not in ("train", "valid") or role in found:
+            raise UsageError(f"--dataset {value!r}: use train:ID[,valid:ID]")
+        try:
+            found[role] = int(ident)
+        except ValueError:
+            raise UsageError(f"--dataset {value!r}: {ident!r} is not a dataset id") from None
+    if "train" not in found:
+        raise UsageError(f"--dataset {value!r} names no training dataset (train:ID)")
+    return found
+
+
+@app.command("train")
+def train(
+    spec: Annotated[Path | None, typer.Argument(help="The network: a .yaml or .py file.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="train:ID[,valid:ID]")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", "-e")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-z")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n")] = None,
+    validation_percent: Annotated[float, typer.Option("--validation-percent")] = 0.0,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Data-parallel workers.")] = 1,
+    gpus: Annotated[int, typer.Option("--gpus", "-g", help="GPUs per worker.")] = 0,
+    volume: Annotated[
+        int | None, typer.Option("--volume", "-v", help="Volume at NCLOUD_DATA_DIR.")
+    ] = None,
+    priority: Annotated[int, typer.Option("--priority", help="Higher runs first.")] = 0,
+    max_restarts: Annotated[int, typer.Option("--max-restarts")] = 3,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 1,
+    keep: Annotated[int, typer.Option("--keep-checkpoints")] = 3,
+    resume_id: Annotated[
+        int | None, typer.Option("--resume", "-i", help="Resume model ID.")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-L", help="Follow to the end.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Queue a training run of a network on a dataset (or -i ID to resume one)."""
+    if resume_id is not None:
+        resume(resume_id, epochs, None, follow, output)
+        return
+    if spec is None or dataset is None:
+        raise UsageError("give the network file and --dataset train:ID (or -i ID to resume)")
+    if not spec.is_file():
+        raise InvalidInput(f"{spec} is not a file")
+    sets = parse_datasets(dataset)
+    found = common.client().models.train(
+        name or f"{spec.stem}-{int(time.time())}",
+        spec.name,
+        spec.read_text(errors="replace"),
+        sets["train"],
+        valid_dataset=sets.get("valid"),
+        validation_percent=validation_percent,
+        epochs=epochs,
+        batch_size=batch_size,
+        workers=workers,
+        gpus=gpus,
+        volume=volume,
+        priority=priority,
+        max_restarts=max_restarts,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep,
+    )
+    _submitted(found, follow, output)
+
+
+def _submitted(found: dict[str, Any], follow: bool, output: Output) -> None:
+    render(found, COLUMNS if output == Output.table else None, output)
+    model_id = found["id"]
+    if follow:
+        _follow(model_id)
+        return
+    message(f"next: ncloud model show {model_id} -L; ncloud model stop {model_id}")
+
+
+@app.command("ls")
+def ls(
+    done: Annotated[bool, typer.Option("--done", help="Only finished models.")] = False,
+    training: Annotated[bool, typer.Option("--training", help="Only queued or running.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """List the tenant's models, newest first, with status and the reason a run waits."""
+    if done and training:
+        raise UsageError("--done and --training exclude each other")
+    status = "done" if done else "training" if training else None
+    render(common.client().models.list(status), COLUMNS, output)
+
+
+@app.command("show")
+def show(
+    model_id: int,
+    log: Annotated[bool, typer.Option("--log", "-l", help="Print the training log.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-L", help="Follow to the end.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Details and per-epoch metrics; -l prints the log; -L follows with a progress bar."""
+    models = common.client().models
+    if follow:
+        _follow(model_id)
+        return
+    if log:
+        for entry in _all_lines(model_id):
+            out.print(entry["line"], highlight=False, markup=False)
+        return
+    found = models.show(model_id)
+    if output == Output.json:
+        render(found, None, output)
+        return
+    render(found, SHOW, output)
+    if found["metrics"]:
+        render([_rounded(m) for m in found["metrics"]], METRICS, output)
+    if found["error"]:
+        err.print(found["error"], highlight=False, markup=False)
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    digits = {"samples_per_s": 0, "epoch_s": 2}
+    return {
+        k: round(v, digits.get(k, 4)) if isinstance(v, float) else v for k, v in row.items()
+    }
+
+
+def _all_lines(model_id: int) -> list[dict[str, Any]]:
+    models, after, found = common.client().models, 0, []
+    while batch := models.logs(model_id, after)["lines"]:
+        found += batch
+        after = batch[-1]["id"]
+    return found
+
+
+def _follow(model_id: int) -> None:
+    """Print log lines as they come, with a live progress bar; exit 1 if the run failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    models = common.client().models
+    after, deadline = 0, time.monotonic() + FOLLOW_TIMEOUT_S
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"model {model_id}", total=None)
+        while True:
+            found = models.logs(model_id, after)
+            for entry in found["lines"]:
+                bar.console.print(entry["line"], highlight=False, markup=False)
+                after = entry["id"]
+            status = found["status"]
+            text = found["progress"] or status
+            bar.update(
+                task,
+                description=f"model {model_id} {status}: {text}"[:110],
+                total=found["epochs"],
+                completed=found["epochs_done"],
+            )
+            if status in TERMINAL and not found["lines"]:
+                break
+            if time.monotonic() > deadline:
+                raise NcloudError(f"model {model_id} still {status}; stopped following")
+            time.sleep(0.5)
+    final = models.show(model_id)
+    message(f"model {model_id}: {final['status']} after {final['epochs_done']} epoch(s)")
+    if final["status"] == "Failed":
+        raise NcloudError(f"model {model_id} failed: {(final['error'] or '').splitlines()[-1:]}")
+
+
+@app.command("stop")
+def stop(
+    model_ids: Annotated[list[int] | None, typer.Argument(help="Model ids.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every queued or running model.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Ask runs to checkpoint and stop (ended hard after a grace period)."""
+    models = common.client().models
+    if all_:
+        model_ids = [m["id"] for m in models.list("training")]
+    if not model_ids:
+        raise UsageError("give model ids or --all")
+    render([models.stop(i) for i in model_ids], COLUMNS, output)
+
+
+@app.command("resume")
+def resume(
+    model_id: int,
+    epochs: Annotated[int | None, typer.Option("--epochs", "-e", help="Train up to this.")] = None,
+    checkpoint: Annotated[int | None, typer.Option("--checkpoint", help="From this epoch.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-L")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Start a new attempt from the last good checkpoint; metrics continue."""
+    _submitted(common.client().models.resume(model_id, epochs, checkpoint), follow, output)
+
+
+@app.command("results")
+def results(
+    model_id: int,
+    directory: Annotated[Path, typer.Option("--dir", "-d", help="Where to put them.")] = Path("."),
+    as_zip: Annotated[bool, typer.Option("--zip", help="One .zip file instead.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Download weights, checkpoints, metrics and the log."""
+    import json
+
+    models = common.client().models
+    files = models.results(model_id)
+    target = directory / f"model-{model_id}"
+    staging = Path(tempfile.mkdtemp()) / target.name if as_zip else target
+    for name in sorted(files):
+        models.download_result(model_id, name, staging / name)
+    found = models.show(model_id)
+    (staging / "metrics.json").write_text(json.dumps(found["metrics"], indent=2))
+    (staging / "train.log").write_text("\n".join(e["line"] for e in _all_lines(model_id)) + "\n")
+    where = target
+    if as_zip:
+        where = Path(shutil.make_archive(str(target), "zip", staging))
+        shutil.rmtree(staging.parent, ignore_errors=True)
+    render({"model": model_id, "files": len(files) + 2, "path": str(where)}, None, output)
+
+
+@app.command("rm")
+def rm(model_id: int, yes: YesOpt = False, output: OutputOpt = Output.table) -> None:
+    """Remove a finished model, its checkpoints and results."""
+    confirm(f"Remove model {model_id} and its results?", yes)
+    render(common.client().models.remove(model_id), ["id", "name", "removed"], output)

@@ -1,0 +1,57 @@
+"""The client's model calls (Client.models): train, list, show, logs, stop, resume, results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from ncloud.client import Client
+
+
+class Models:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def train(
+        self, name: str, spec_name: str, spec_text: str, train_dataset: int, **options: Any
+    ) -> Any:
+        """Queue a training run; options: valid_dataset, validation_percent, epochs, batch_size,
+        workers, gpus, volume, priority, max_restarts, checkpoint_every, keep_checkpoints, seed."""
+        body = {
+            "name": name,
+            "spec_name": spec_name,
+            "spec_text": spec_text,
+            "train_dataset": train_dataset,
+            **{k: v for k, v in options.items() if v is not None},
+        }
+        return self._c.request("POST", "/models", json=body)
+
+    def list(self, status: str | None = None) -> Any:
+        return self._c.request("GET", "/models", params={"status": status} if status else None)
+
+    def show(self, model_id: int) -> Any:
+        return self._c.request("GET", f"/models/{model_id}")
+
+    def logs(self, model_id: int, after: int = 0) -> Any:
+        return self._c.request("GET", f"/models/{model_id}/logs", params={"after": after})
+
+    def stop(self, model_id: int, wait: bool = True) -> Any:
+        return self._c.request("POST", f"/models/{model_id}/stop", params={"wait": wait})
+
+    def resume(
+        self, model_id: int, epochs: int | None = None, checkpoint: int | None = None
+    ) -> Any:
+        return self._c.request(
+            "POST", f"/models/{model_id}/resume", json={"epochs": epochs, "checkpoint": checkpoint}
+        )
+
+    def remove(self, model_id: int) -> Any:
+        return self._c.request("DELETE", f"/models/{model_id}")
+
+    def results(self, model_id: int) -> Any:
+        return self._c.request("GET", f"/models/{model_id}/results")
+
+    def download_result(self, model_id: int, name: str, dest: Path) -> int:
+        return self._c.stream_download(f"/models/{model_id}/results/{quote(name)}", dest)

@@ -1,0 +1,109 @@
+"""Queue admission rules (jobs.queue) and the run state machine (jobs.models), without Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster import accounts
+from cluster.store import open_store
+from jobs import metrics, models
+from jobs.models import RunStatus, TrainOptions
+from jobs.queue import Request, admit, check_request
+from ncloud.errors import Conflict, QuotaExceeded
+
+CPU = {"CPU": 1.0}
+GPU = {"CPU": 2.0, "GPU": 1.0}
+
+
+def test_runs_start_in_order_while_they_fit() -> None:
+    out = admit([CPU, CPU], set(), [Request(1, 1, 0), Request(2, 1, 0), Request(3, 1, 0)])
+    assert out.started == {1: [0], 2: [1]}
+    assert out.waiting[3].startswith("position 1: needs 1 free worker slot(s), 0 of 2 free")
+
+
+def test_a_run_that_does_not_fit_holds_back_the_ones_behind_it() -> None:
+    out = admit([CPU, CPU], {0}, [Request(1, 2, 0), Request(2, 1, 0), Request(3, 1, 0)])
+    assert out.started == {}
+    assert out.waiting[1].startswith("position 1")
+    assert out.waiting[2] == "position 2: behind run 1"
+    assert out.waiting[3] == "position 3: behind run 1"
+
+
+def test_gpu_workers_take_gpu_bundles_and_cpu_workers_prefer_cpu_ones() -> None:
+    out = admit([GPU, CPU], set(), [Request(1, 1, 0), Request(2, 1, 1)])
+    assert out.started == {1: [1], 2: [0]}
+
+
+def test_a_request_larger_than_the_reservation_is_refused() -> None:
+    check_request("t", [CPU, CPU], 2, 0)
+    with pytest.raises(QuotaExceeded, match="3 worker"):
+        check_request("t", [CPU, CPU], 3, 0)
+    with pytest.raises(QuotaExceeded, match="1 GPU"):
+        check_request("t", [CPU, CPU], 1, 1)
+    with pytest.raises(QuotaExceeded):
+        check_request("t", [GPU], 1, 2)
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}", migrate=True)
+    accounts.create_tenant(s, "t", 2, 0, 0)
+    return s
+
+
+def _model(store, name: str = "m", priority: int = 0):  # type: ignore[no-untyped-def]
+    opts = TrainOptions(epochs=3, batch_size=8, priority=priority)
+    return models.create(store, "t", name, "net.yaml", "layers: []", 1, None, None, opts)
+
+
+def test_the_run_state_machine_is_enforced_and_timestamped(store) -> None:  # type: ignore[no-untyped-def]
+    model, run = _model(store)
+    assert run.status is RunStatus.QUEUED and run.attempt == 1
+    with pytest.raises(Conflict):
+        models.move(store, run.id, RunStatus.RUNNING)
+    models.move(store, run.id, RunStatus.STARTING, placement=[0])
+    running = models.move(store, run.id, RunStatus.RUNNING)
+    assert running.started_at is not None
+    done = models.move(store, run.id, RunStatus.COMPLETED)
+    assert done.ended_at is not None and [h[0] for h in done.history] == [
+        "Queued",
+        "Starting",
+        "Running",
+        "Completed",
+    ]
+    for to in RunStatus:
+        with pytest.raises(Conflict):
+            models.move(store, run.id, to)
+    again = models.new_attempt(store, "t", model.id, 5, None, 3)
+    assert again.attempt == 2 and again.status is RunStatus.QUEUED and again.epochs_done == 3
+    with pytest.raises(Conflict, match="stop it before resuming"):
+        models.new_attempt(store, "t", model.id, 5, None, 3)
+
+
+def test_queue_order_is_priority_then_submission(store) -> None:  # type: ignore[no-untyped-def]
+    _, a = _model(store, "a")
+    _, b = _model(store, "b", priority=5)
+    _, c = _model(store, "c")
+    order = [r.id for r in models.runs_in(store, {RunStatus.QUEUED})]
+    assert order == [b.id, a.id, c.id]
+
+
+def test_a_redone_epoch_replaces_its_metrics(store) -> None:  # type: ignore[no-untyped-def]
+    model, run = _model(store)
+    tenant_id = accounts.get_tenant(store, "t").id
+    for epoch in (1, 2, 3):
+        metrics.record_epoch(store, run, tenant_id, {"epoch": epoch, "train_loss": 1.0 / epoch})
+    metrics.record_epoch(store, run, tenant_id, {"epoch": 2, "train_loss": 0.4})
+    found = metrics.epochs(store, model.id)
+    assert [m["epoch"] for m in found] == [1, 2] and found[1]["train_loss"] == 0.4
+
+
+def test_removing_a_tenant_removes_its_models(store) -> None:  # type: ignore[no-untyped-def]
+    model, run = _model(store)
+    metrics.add_lines(store, run, accounts.get_tenant(store, "t").id, ["hello"])
+    with pytest.raises(Conflict):
+        accounts.delete_tenant(store, "t", force=False)
+    accounts.delete_tenant(store, "t", force=True)
+    assert metrics.lines(store, model.id) == []
