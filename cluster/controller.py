@@ -48,6 +48,9 @@ class Controller:
         from cluster.scheduler import Scheduler
 
         self.scheduler = Scheduler(self.store, db_url)
+        from cluster.serving import Serving
+
+        self.serving = Serving(self.store, db_url)
 
     # -- reconciliation -----------------------------------------------------------------
 
@@ -115,8 +118,20 @@ class Controller:
 
         return _reply(run)
 
+    def start_batch(self, tenant: str, batch_id: int) -> dict[str, Any]:
+        """Predict a Queued batch in a background thread (see cluster/batching.py)."""
+        from cluster import batching
+
+        return _reply(lambda: batching.helper(self.store).start(tenant, batch_id))
+
     def ping(self) -> dict[str, Any]:
-        return {"ok": {"reconciled": self.reconciled, "runs": self.scheduler.recovered}}
+        return {
+            "ok": {
+                "reconciled": self.reconciled,
+                "runs": self.scheduler.recovered,
+                "deployments": self.serving.recovered,
+            }
+        }
 
     # -- training runs ------------------------------------------------------------------------
 
@@ -135,6 +150,14 @@ class Controller:
             return {"status": self.scheduler.stop(found).status.value}
 
         return _reply(run)
+
+    def deploy_model(
+        self, tenant: str, model_id: int, replicas: int, gpus: int, checkpoint: int | None
+    ) -> dict[str, Any]:
+        return _reply(lambda: self.serving.deploy(tenant, model_id, replicas, gpus, checkpoint))
+
+    def undeploy_model(self, tenant: str, model_id: int) -> dict[str, Any]:
+        return _reply(lambda: self.serving.undeploy(tenant, model_id))
 
     def worker_pids(self, model_id: int) -> dict[str, Any]:
         """The training processes of a model's current launch (tests use it to kill one)."""
@@ -178,7 +201,9 @@ class Controller:
         def run() -> dict[str, Any]:
             old = accounts.get_tenant(self.store, name)
             if self._training_bundles(name):
-                raise Conflict(f"tenant {name!r} has training runs: stop them before resizing")
+                raise Conflict(
+                    f"tenant {name!r} has training runs or deployments: end them before resizing"
+                )
             want = Resources(cpus, gpus, memory)
             reservations.check_fit(
                 want, reservations.cluster_total(), self._reserved_by_others(name)
@@ -203,8 +228,12 @@ class Controller:
         def run() -> dict[str, Any]:
             from jobs import storage
 
+            if force:
+                self.serving.remove_all(name)
             if self._training_bundles(name):
-                raise Conflict(f"tenant {name!r} has training runs: stop them first")
+                raise Conflict(
+                    f"tenant {name!r} has training runs or deployments: stop or undeploy them first"
+                )
             tenant = accounts.delete_tenant(self.store, name, force)
             reservations.remove(tenant.placement_group)
             # Rows are gone; the files they named go too, so a new tenant of that name starts empty.
@@ -240,10 +269,10 @@ class Controller:
         }
 
     def _training_bundles(self, tenant: str) -> set[int]:
-        from jobs import models
+        """Bundles held by training runs and deployments."""
+        from jobs import deployments
 
-        active = models.runs_in(self.store, {models.RunStatus.STARTING, models.RunStatus.RUNNING})
-        return {b for r in active if r.tenant == tenant for b in r.placement or []}
+        return deployments.bundles_in_use(self.store, tenant)
 
     def cluster(self) -> dict[str, Any]:
         def run() -> dict[str, Any]:

@@ -206,6 +206,9 @@ def deploy_control_plane(ray_address: str, api_host: str, api_port: int) -> None
         ray.get(actor.ping.remote(), timeout=START_TIMEOUT_S)
         serve.start(http_options={"host": api_host, "port": api_port})
         serve.run(api_application(env), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+        from serve.deploy_api import fallback_application
+
+        serve.run(fallback_application(env), name="ncloud-models", route_prefix="/models")
     finally:
         ray.shutdown()
 

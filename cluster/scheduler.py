@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster import accounts, reservations
 from cluster.reservations import Resources
 from cluster.store import Store
-from jobs import datasets, models, queue
+from jobs import datasets, deployments, models, queue
 from jobs.models import RunStatus
 from jobs.runner import TrainWorker
 from ncloud.errors import NcloudError
@@ -157,12 +157,7 @@ class Scheduler:
     def _admit_tenant(self, tenant: str, waiting: list[models.Run]) -> None:
         t = accounts.get_tenant(self.store, tenant)
         bundles = reservations.bundles_for(Resources(t.cpus, t.gpus, t.memory))
-        busy = {
-            b
-            for run in models.runs_in(self.store, {RunStatus.STARTING, RunStatus.RUNNING})
-            if run.tenant == tenant
-            for b in run.placement or []
-        }
+        busy = deployments.bundles_in_use(self.store, tenant)
         requests = []
         for run in waiting:
             model = models.get(self.store, tenant, run.model_id)

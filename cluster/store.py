@@ -30,7 +30,7 @@ from ncloud.errors import SchemaMismatch
 metadata = MetaData()
 
 # Bump when a table changes; add the step that brings version N-1 up to N in MIGRATIONS.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 schema_table = Table(
     "ncloud_schema",
@@ -49,6 +49,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create_missing_tables,
     2: _create_missing_tables,  # datasets and volumes
     3: _create_missing_tables,  # models, runs, epoch metrics, log lines
+    4: _create_missing_tables,  # deployments, batch predictions
 }
 
 
@@ -150,7 +151,9 @@ def open_store(url: str, migrate: bool = False) -> Store:
     """Open the store; with migrate, create or upgrade it first (the server start does)."""
     # Import the modules that own tables so that metadata knows every table.
     import cluster.accounts  # noqa: F401
+    import jobs.batches
     import jobs.datasets
+    import jobs.deployments
     import jobs.metrics
     import jobs.volumes  # noqa: F401
 

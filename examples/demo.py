@@ -14,6 +14,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,24 @@ def main() -> None:
             "-L",
         )
         model = next(m for m in sh.json("model", "ls") if m["name"] == "digits-cnn")
-        sh.run("model", "show", str(model["id"]))
+        model_id = str(model["id"])
+        sh.run("model", "show", model_id)
+
+        print("\ndeploying it on Ray Serve and asking it about held-out images")
+        sh.run("model", "deploy", model_id)
+        holdout = sorted((data / "holdout").glob("*.png"))
+        sh.run("model", "predict", model_id, *map(str, holdout[:3]))
+        found = sh.json("model", "predict", model_id, *map(str, holdout), "-k", "1")
+        truth = dict(
+            line.split("\t") for line in (data / "holdout.tsv").read_text().splitlines()[1:]
+        )
+        right = sum(
+            p["top"][0]["label"] == truth[f"holdout/{p['input']}"] for p in found["predictions"]
+        )
+        print(
+            f"\nheld-out accuracy: {right}/{len(holdout)} = {right / len(holdout):.0%} "
+            "(images the model never saw in training or validation)"
+        )
         sh.run("server", "status")
         print("\nrestarting the server: every record and reservation comes back")
         sh.run("server", "stop")
@@ -138,6 +156,14 @@ def main() -> None:
         sh.run("resource", "ls")
         sh.run("dataset", "ls")
         sh.run("model", "ls")
+        print("\nthe deployment comes back with the server: predicting again")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            mine = next(m for m in sh.json("model", "ls") if m["id"] == model["id"])
+            if mine["deployment"] == "Deployed":
+                break
+            time.sleep(2)
+        sh.run("model", "predict", model_id, str(holdout[0]), "-k", "3")
         print("\ndemo complete.")
     finally:
         if not args.keep:

@@ -366,14 +366,17 @@ def list_runs(store: Store, tenant: str, model_id: int) -> list[Run]:
     return [_run(tenant, r) for r in rows]
 
 
+def _runs_with_tenant() -> Any:
+    """SELECT runs with their tenant's name, for queries across tenants."""
+    return select(runs, accounts.tenants.c.name.label("tenant_name")).join(
+        accounts.tenants, accounts.tenants.c.id == runs.c.tenant_id
+    )
+
+
 def get_run(store: Store, run_id: int) -> tuple[Run, Model]:
     """A run by id across tenants (for the controller and workers)."""
     with store.read() as conn:
-        row = conn.execute(
-            select(runs, accounts.tenants.c.name.label("tenant_name"))
-            .join(accounts.tenants, accounts.tenants.c.id == runs.c.tenant_id)
-            .where(runs.c.id == run_id)
-        ).first()
+        row = conn.execute(_runs_with_tenant().where(runs.c.id == run_id)).first()
     if row is None:
         raise NotFound(f"no run {run_id}")
     tenant = row._mapping["tenant_name"]
@@ -385,8 +388,7 @@ def runs_in(store: Store, statuses: set[RunStatus]) -> list[Run]:
     """Every run in these statuses across tenants, in queue order (priority, then age)."""
     with store.read() as conn:
         rows = conn.execute(
-            select(runs, accounts.tenants.c.name.label("tenant_name"))
-            .join(accounts.tenants, accounts.tenants.c.id == runs.c.tenant_id)
+            _runs_with_tenant()
             .where(runs.c.status.in_([s.value for s in statuses]))
             .order_by(runs.c.priority.desc(), runs.c.id)
         ).all()
@@ -396,11 +398,7 @@ def runs_in(store: Store, statuses: set[RunStatus]) -> list[Run]:
 def move(store: Store, run_id: int, to: RunStatus, note: str = "", **values: Any) -> Run:
     """Change a run's status (checked against TRANSITIONS) and other columns in one write."""
     with store.write() as conn:
-        row = conn.execute(
-            select(runs, accounts.tenants.c.name.label("tenant_name"))
-            .join(accounts.tenants, accounts.tenants.c.id == runs.c.tenant_id)
-            .where(runs.c.id == run_id)
-        ).first()
+        row = conn.execute(_runs_with_tenant().where(runs.c.id == run_id)).first()
         if row is None:
             raise NotFound(f"no run {run_id}")
         current = _run(row._mapping["tenant_name"], row)
@@ -432,14 +430,18 @@ def update_run(store: Store, run_id: int, **values: Any) -> None:
 
 
 def remove(store: Store, tenant: str, model_id: int) -> Model:
-    from jobs import metrics
+    from jobs import deployments, metrics
 
     model = get(store, tenant, model_id)
+    deployments.ensure_missing(store, tenant, model_id)
     run = latest_run(store, tenant, model_id)
     if not run.status.is_terminal():
         raise Conflict(f"model {model_id} is {run.status.value}: stop it first")
     with store.write() as conn:
         metrics.delete_for_model(conn, model_id)
+        conn.execute(
+            deployments.deployments.delete().where(deployments.deployments.c.model_id == model_id)
+        )
         conn.execute(runs.delete().where(runs.c.model_id == model_id))
         conn.execute(models.delete().where(models.c.id == model_id))
     storage.remove_tree(model.url)

@@ -255,6 +255,7 @@ class _Run:
                 "transform": spec.transform,
                 "ends_in_softmax": built.ends_in_softmax,
                 "kind": self.train_data.index.kind,
+                "dataset_shape": list(self.train_data.index.shape or []) or None,
             }
             _write(storage.join(cfg.run_url, "meta.json"), json.dumps(meta, indent=1).encode())
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from ncloud.client_batches import Batches
 from ncloud.client_datasets import Datasets
 from ncloud.client_models import Models
 from ncloud.client_volumes import Volumes
@@ -50,6 +51,7 @@ class Client:
         self.datasets = Datasets(self)
         self.volumes = Volumes(self)
         self.models = Models(self)
+        self.batches = Batches(self)
 
     def request(
         self,
@@ -107,6 +109,23 @@ class Client:
                     out.write(chunk)
                     written += len(chunk)
         return written
+
+    def predict(
+        self, model_id: int, files: Sequence[tuple[str, bytes]], k: int = 5, raw: bool = False
+    ) -> JSON:
+        """POST files to the model's deployment route (outside /api/v1)."""
+        url = f"{str(self.base_url).removesuffix('/api/v1').rstrip('/')}/models/{model_id}/predict"
+        parts = [("file", (name, data, "application/octet-stream")) for name, data in files]
+        try:
+            response = self._http.post(
+                url,
+                params={"k": k, "raw": raw},
+                files=parts or None,
+                content=None if parts else b"",
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ServerUnreachable(f"cannot reach the deployment at {url}") from exc
+        return self._parse(response)
 
     def health(self) -> JSON:
         return self.request("GET", "/health")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -55,3 +56,24 @@ class Models:
 
     def download_result(self, model_id: int, name: str, dest: Path) -> int:
         return self._c.stream_download(f"/models/{model_id}/results/{quote(name)}", dest)
+
+    def deploy(
+        self, model_id: int, replicas: int = 1, gpus: int = 0, checkpoint: int | None = None
+    ) -> Any:
+        body = {"replicas": replicas, "gpus": gpus, "checkpoint": checkpoint}
+        return self._c.request("POST", f"/models/{model_id}/deploy", json=body)
+
+    def undeploy(self, model_id: int) -> Any:
+        return self._c.request("POST", f"/models/{model_id}/undeploy")
+
+    def deployment(self, model_id: int) -> Any:
+        return self._c.request("GET", f"/models/{model_id}/deployment")
+
+    def revoke_deployment_token(self, model_id: int) -> Any:
+        return self._c.request("DELETE", f"/models/{model_id}/deployment/token")
+
+    def predict(
+        self, model_id: int, files: Sequence[tuple[str, bytes]], k: int = 5, raw: bool = False
+    ) -> Any:
+        """Top-k predictions for each file, from the model's deployment (/models/ID/predict)."""
+        return self._c.predict(model_id, files, k, raw)

@@ -6,18 +6,17 @@ import logging
 import threading
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI
 
 import ncloud
 from cluster import accounts
-from ncloud.errors import InvalidInput, NcloudError, NotFound, ServerError
+from ncloud.errors import InvalidInput, NotFound
 from ncloud.settings import settings
 from ncloud.validation import check_name, parse_size
-from serve import datasets_api, models_api, volumes_api
+from serve import batch_api, datasets_api, deploy_api, models_api, volumes_api
 from serve.auth import Caller
 from serve.deps import caller, control, store
+from serve.errors import install_error_handlers
 from serve.limits import BodySizeLimit
 from serve.schemas import TenantIn, TenantPatch, TokenIn, UserIn, UserPatch
 
@@ -186,14 +185,6 @@ def resources(c: Caller = Depends(caller)) -> dict[str, Any]:
     return control().call("describe_tenant", tenant)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
-
-
 def create_app() -> FastAPI:
     app = FastAPI(
         title="ncloud",
@@ -206,21 +197,10 @@ def create_app() -> FastAPI:
     app.include_router(datasets_api.router)
     app.include_router(volumes_api.router)
     app.include_router(models_api.router)
+    app.include_router(deploy_api.router)
+    app.include_router(batch_api.router)
 
-    @app.exception_handler(NcloudError)
-    async def on_domain_error(_: Request, exc: NcloudError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.http_status)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        error = InvalidInput(_validation_message(exc))
-        return JSONResponse(error.to_body(), status_code=error.http_status)
-
-    @app.exception_handler(Exception)
-    async def on_bug(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        error = ServerError(f"internal error ({type(exc).__name__}); see the server log")
-        return JSONResponse(error.to_body(), status_code=error.http_status)
+    install_error_handlers(app)
 
     from jobs import specs
 

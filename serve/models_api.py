@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from jobs import checkpoints, metrics, models, storage, training
+from jobs import checkpoints, deployments, metrics, models, storage, training
 from jobs.models import RunStatus
 from ncloud.errors import InvalidInput, NotFound
 from serve.auth import Caller
@@ -49,6 +49,7 @@ class ResumeIn(BaseModel):
 
 
 def describe(model: models.Model, run: models.Run) -> dict[str, Any]:
+    dep = deployments.find(store(), run.tenant, model.id)
     return {
         "id": model.id,
         "name": model.name,
@@ -62,6 +63,7 @@ def describe(model: models.Model, run: models.Run) -> dict[str, Any]:
         "reason": run.reason if run.status is RunStatus.QUEUED else None,
         "progress": run.progress,
         "error": run.error,
+        "deployment": dep.status.value if dep else None,
         "train_dataset": model.train_dataset_id,
         "valid_dataset": model.valid_dataset_id,
         "volume": model.volume_id,

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from ncloud.cli import accounts, common, datasets, models, server, tokens, volumes
+from ncloud.cli import accounts, batches, common, datasets, models, server, tokens, volumes
+from ncloud.cli import deploy as _deploy  # noqa: F401  (adds deploy, predict, undeploy to `model`)
 from ncloud.cli.common import OPTIONS, OutputOpt
 from ncloud.errors import NcloudError
 from ncloud.render import Output, err, message, render
@@ -29,6 +30,7 @@ app.add_typer(tokens.resource_app, name="resource")
 app.add_typer(datasets.app, name="dataset")
 app.add_typer(volumes.app, name="volume")
 app.add_typer(models.app, name="model")
+app.add_typer(batches.app, name="batch")
 
 
 @app.callback()

@@ -104,6 +104,23 @@ class Server:
         self.cli("server", "stop", check=False, timeout=120)
 
 
+def upload_dataset(server: Server, manifest: Path, name: str, token: str, tenant: str) -> int:
+    """`ncloud dataset upload` as a user would, waiting for Ready; returns the dataset id."""
+    out = server.cli(
+        "dataset",
+        "upload",
+        str(manifest),
+        "--name",
+        name,
+        "-o",
+        "json",
+        token=token,
+        tenant=tenant,
+        timeout=600,
+    )
+    return int(json.loads(out.stdout)["id"])
+
+
 def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

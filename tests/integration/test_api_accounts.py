@@ -56,7 +56,7 @@ def test_modify_resizes_and_rm_frees(server: Server, tenant) -> None:  # type: i
     group = _pg(server, resized["placement_group"])
     assert group is not None and len(group["bundles"]) == 2
     with pytest.raises(QuotaExceeded):
-        server.client().tenants.modify("elastic", cpus=3)
+        server.client().tenants.modify("elastic", cpus=CPUS + 1)
     assert _pg(server, resized["placement_group"]) is not None  # the old size stays
     server.client().tenants.remove("elastic")
     assert _pg(server, resized["placement_group"]) is None

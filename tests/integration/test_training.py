@@ -17,7 +17,7 @@ import pytest
 from examples.digits import make_digits
 from ncloud.client import Client
 from ncloud.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
-from tests.integration.conftest import Server, wait_for
+from tests.integration.conftest import Server, upload_dataset, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"Completed", "Failed", "Stopped"}
@@ -66,19 +66,7 @@ def lab(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     user = admin.users.add("tess@example.com", ["lab"])
     ids = {}
     for split in ("train", "valid"):
-        out = server.cli(
-            "dataset",
-            "upload",
-            str(data / f"{split}.tsv"),
-            "--name",
-            split,
-            "-o",
-            "json",
-            token=user["token"],
-            tenant="lab",
-            timeout=600,
-        )
-        ids[split] = json.loads(out.stdout)["id"]
+        ids[split] = upload_dataset(server, data / f"{split}.tsv", split, user["token"], "lab")
     try:
         yield {"token": user["token"], "tenant": "lab", "data": data, **ids}
     finally:

@@ -1,0 +1,442 @@
+"""Benchmark: one trained network served by the platform and by plain Ray Serve, under load."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python bench/serve.py` as well as `python -m bench.serve`
+    # Replace the script's folder (bench/) before anything imports `queue` or `serve` from it.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.common import (
+    ROOT,
+    Server,
+    median,
+    private_server,
+    tenant_client,
+    upload,
+    verdict,
+    wait_for,
+)
+from examples.digits import make_digits
+from jobs.specs import build, parse_spec
+
+SPEC = ROOT / "examples" / "cnn.yaml"
+TENANT = "bench-serve"
+K = 5
+WARMUP = 20
+MAX_BATCH = 32  # the platform's defaults (serve/deployments.py), given to the batched peer
+BATCH_WAIT_S = 0.005
+MAX_ONGOING = 256
+REQUEST_TIMEOUT_S = 30.0
+THROUGHPUT_TARGET = 1.0  # platform / plain batched requests/s at the highest concurrency
+P50_TARGET = 1.2  # platform / plain unbatched p50 at concurrency 1
+PEERS = {"plain-unbatched": "/plain-unbatched", "plain-batched": "/plain-batched"}
+TERMINAL = {"Completed", "Failed", "Stopped"}
+
+
+class PlainNet:
+    """The trained network as a bare torch model: PNG bytes in, top-k out (no platform code)."""
+
+    def __init__(self, spec_text: str, meta: dict[str, Any], state: bytes) -> None:
+        torch.set_num_threads(1)  # like a platform replica
+        self.classes: list[str] | None = meta.get("classes")
+        transform = meta.get("transform") or {}
+        self.mean = float(transform.get("mean", 0.0))
+        self.std = float(transform.get("std", 1.0))
+        shape = tuple(int(d) for d in meta["input_shape"])
+        built = build(parse_spec(SPEC.name, spec_text), int(meta["num_classes"]), shape)
+        self.model = built.model
+        self.model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
+        self.model.eval()
+
+    def decode(self, data: bytes) -> torch.Tensor:
+        """[1, 1, H, W]: grayscale pixels on the 0..1 scale, then (x - mean) / std."""
+        with Image.open(io.BytesIO(data)) as im:
+            pixels = np.asarray(im.convert("L"), dtype=np.float32)
+        return ((torch.from_numpy(pixels) / 255.0 - self.mean) / self.std)[None, None]
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x).float(), dim=1)
+
+    def batch(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One forward for several decoded inputs; each one's probabilities."""
+        return list(self.probabilities(torch.cat(inputs)))
+
+    def top(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
+        values, indexes = probs.topk(min(k, probs.shape[1]), dim=1)
+        return [
+            [
+                {"index": i, "label": self.classes[i] if self.classes else None, "probability": p}
+                for p, i in zip(row_p, row_i, strict=True)
+            ]
+            for row_p, row_i in zip(values.tolist(), indexes.tolist(), strict=True)
+        ]
+
+
+def peer_apps(spec_text: str, meta: dict[str, Any], state: bytes) -> dict[str, Any]:
+    """Two plain Serve applications of the same net: one forward per request, and batched."""
+    from ray import serve
+    from starlette.requests import Request
+
+    options: dict[str, Any] = {
+        "num_replicas": 1,
+        "ray_actor_options": {"num_cpus": 0},  # the tenant's reservation holds the CPUs
+        "max_ongoing_requests": MAX_ONGOING,
+    }
+
+    async def read_file(request: Request) -> tuple[str, bytes]:
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ValueError("send the image as the multipart field 'file'")
+        return str(upload.filename), await upload.read()
+
+    @serve.deployment(name="unbatched", **options)
+    class Unbatched:
+        def __init__(self, spec_text: str, meta: dict[str, Any], state: bytes) -> None:
+            from bench.serve import PlainNet  # by reference: torch does not pickle by value
+
+            self.net = PlainNet(spec_text, meta, state)
+
+        async def __call__(self, request: Request) -> dict[str, Any]:
+            name, data = await read_file(request)
+            k = int(request.query_params.get("k", K))
+            top = self.net.top(self.net.probabilities(self.net.decode(data)), k)[0]
+            return {"predictions": [{"input": name, "top": top}]}
+
+    @serve.deployment(name="batched", **options)
+    class Batched:
+        def __init__(self, spec_text: str, meta: dict[str, Any], state: bytes) -> None:
+            from bench.serve import PlainNet
+
+            self.net = PlainNet(spec_text, meta, state)
+
+        @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
+        async def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+            return self.net.batch(inputs)
+
+        async def __call__(self, request: Request) -> dict[str, Any]:
+            name, data = await read_file(request)
+            k = int(request.query_params.get("k", K))
+            probs = await self.forward(self.net.decode(data))
+            return {"predictions": [{"input": name, "top": self.net.top(probs[None], k)[0]}]}
+
+    args = (spec_text, meta, state)
+    return {
+        "plain-unbatched": Unbatched.bind(*args),  # type: ignore[attr-defined]
+        "plain-batched": Batched.bind(*args),  # type: ignore[attr-defined]
+    }
+
+
+# -- load ------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Level:
+    target: str
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    elapsed: float = float("nan")
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed > 0 else float("nan")
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1e3 if self.latencies else float("nan")
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    data: bytes
+    expected: int | None  # the in-process top-1 index; None when top-1 and top-2 nearly tie
+
+
+def check_answer(body: Any, item: Input) -> str | None:
+    """None when the body is a top-k answer whose top-1 is the in-process net's; else why."""
+    try:
+        top = body["predictions"][0]["top"]
+        if len(top) != K:
+            return f"{item.name}: {len(top)} classes in the answer, not {K}"
+        if item.expected is not None and int(top[0]["index"]) != item.expected:
+            return f"{item.name}: top-1 {top[0]['index']}, the net says {item.expected}"
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        return f"{item.name}: malformed answer {str(body)[:200]!r} ({exc!r})"
+    return None
+
+
+async def _one(client: httpx.AsyncClient, target: Target, item: Input) -> tuple[float, str | None]:
+    started = time.perf_counter()
+    try:
+        r = await client.post(
+            target.url,
+            params={"k": K},
+            files={"file": (item.name, item.data, "image/png")},
+            headers=target.headers,
+        )
+        took = time.perf_counter() - started
+        if r.status_code != 200:
+            return took, f"{item.name}: HTTP {r.status_code} {r.text[:300]}"
+        return took, check_answer(r.json(), item)
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        return time.perf_counter() - started, f"{item.name}: {type(exc).__name__}: {exc}"
+
+
+async def _drive(
+    target: Target, inputs: list[Input], concurrency: int, total: int, budget_s: float
+) -> Level:
+    """`total` requests from `concurrency` workers, each sending its next request on an answer."""
+    level = Level(target.name, concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    counter = iter(range(total))
+    deadline = time.perf_counter() + budget_s
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            if time.perf_counter() > deadline:
+                level.errors.append(f"request {i} not sent: the level ran past {budget_s:g}s")
+                continue
+            took, error = await _one(client, target, inputs[i % len(inputs)])
+            if error is None:
+                level.latencies.append(took)
+            else:
+                level.errors.append(error)
+
+    async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        level.elapsed = time.perf_counter() - started
+    return level
+
+
+def drive(
+    target: Target, inputs: list[Input], concurrency: int, total: int, budget_s: float
+) -> Level:
+    return asyncio.run(_drive(target, inputs, concurrency, total, budget_s))
+
+
+def floor_per_sample(net: PlainNet, inputs: list[Input], batch: int, seconds: float = 2.0) -> float:
+    """Median seconds per sample of the bare forward (decoding excluded) at this batch size."""
+    x = torch.cat([net.decode(inputs[i % len(inputs)].data) for i in range(batch)])
+    net.probabilities(x)
+    runs: list[float] = []
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until or len(runs) < 5:
+        started = time.perf_counter()
+        net.probabilities(x)
+        runs.append((time.perf_counter() - started) / batch)
+    return median(runs)
+
+
+# -- set-up ----------------------------------------------------------------------------
+
+
+def read_inputs(data: Path, net: PlainNet) -> list[Input]:
+    """The holdout and validation PNGs, each with the in-process net's top-1 answer."""
+    inputs = []
+    for split in ("holdout", "valid"):
+        for path in sorted((data / split).glob("*.png")):
+            raw = path.read_bytes()
+            probs = net.probabilities(net.decode(raw))[0]
+            two = probs.topk(2)
+            clear = float(two.values[0] - two.values[1]) > 1e-3
+            expected = int(two.indices[0]) if clear else None
+            inputs.append(Input(f"{split}/{path.name}", raw, expected))
+    return inputs
+
+
+def train_and_deploy(
+    server: Server, data: Path, spec_text: str, timeout_s: float
+) -> dict[str, Any]:
+    """A model trained (2 epochs) and deployed by the platform: its record, the deploy answer."""
+    c = tenant_client(server.admin(), TENANT, 2)
+    ds = upload(c, data / "train.tsv", "bench-serve-digits")
+    model = c.models.train("bench-serve-cnn", SPEC.name, spec_text, ds, epochs=2, workers=1)
+    model_id = int(model["id"])
+
+    def trained() -> dict[str, Any] | None:
+        shown = c.models.show(model_id)
+        return shown if shown["status"] in TERMINAL else None
+
+    started = time.perf_counter()
+    shown = wait_for(trained, timeout_s, f"model {model_id} to finish training", every=1.0)
+    if shown["status"] != "Completed":
+        raise RuntimeError(f"model {model_id} ended {shown['status']}: {shown.get('error')}")
+    print(f"trained model {model_id} in {time.perf_counter() - started:.1f}s", flush=True)
+    started = time.perf_counter()
+    deployed = c.models.deploy(model_id, replicas=1)
+
+    def up() -> dict[str, Any] | None:
+        dep = c.models.deployment(model_id)
+        if dep["status"] == "Failed":
+            raise RuntimeError(f"the deployment of model {model_id} failed: {dep.get('error')}")
+        return dep if dep["status"] == "Deployed" else None
+
+    wait_for(up, timeout_s, f"model {model_id} to be Deployed", every=0.5)
+    print(f"platform deployment up in {time.perf_counter() - started:.1f}s", flush=True)
+    return {"model": shown, "deploy": deployed}
+
+
+def model_files(server: Server, model_id: int) -> tuple[dict[str, Any], bytes]:
+    folder = server.home / "storage" / "tenants" / TENANT / "models" / str(model_id)
+    if not (folder / "meta.json").exists() or not (folder / "model.pt").exists():
+        raise RuntimeError(f"no meta.json and model.pt under {folder}")
+    return json.loads((folder / "meta.json").read_text()), (folder / "model.pt").read_bytes()
+
+
+def connect_ray(server: Server) -> Any:
+    """A driver in the server's Ray cluster (auth settings first: Ray reads them on import)."""
+    server.use_ray_env()
+    import logging
+
+    import ray
+    from ray import serve  # noqa: F401  (imported here: it resets the level set below)
+
+    ray.init(
+        address=str(server.info["ray_address"]), logging_level=logging.WARNING, log_to_driver=False
+    )
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    return ray
+
+
+def run(args: argparse.Namespace, data: Path, spec_text: str) -> tuple[list[Level], float, float]:
+    levels: list[Level] = []
+    with private_server(cpus=2, keep=args.keep) as server:
+        setup = train_and_deploy(server, data, spec_text, args.timeout)
+        model_id = int(setup["model"]["id"])
+        meta, state = model_files(server, model_id)
+        net = PlainNet(spec_text, meta, state)
+        inputs = read_inputs(data, net)
+        url = str(setup["deploy"]["url"])
+        base = url.split("/models/")[0]
+        token = str(setup["deploy"]["token"])
+        targets = [Target("platform", url, {"Authorization": f"Bearer {token}"})]
+        targets += [Target(name, f"{base}{route}", {}) for name, route in PEERS.items()]
+        ray = connect_ray(server)
+        from ray import serve
+
+        deployed: list[str] = []
+        try:
+            started = time.perf_counter()
+            for name, app in peer_apps(spec_text, meta, state).items():
+                serve.run(app, name=name, route_prefix=PEERS[name])
+                deployed.append(name)
+            print(f"plain Serve peers up in {time.perf_counter() - started:.1f}s", flush=True)
+            print(f"{len(inputs)} PNGs ({sum(i.expected is None for i in inputs)} near-ties "
+                  f"not checked); {args.requests} requests per level", flush=True)  # fmt: skip
+            for concurrency in args.concurrency:
+                for target in targets:
+                    warm = drive(target, inputs, concurrency, max(WARMUP, concurrency), args.budget)
+                    if warm.errors:
+                        print(f"warm-up {target.name} c={concurrency}: {len(warm.errors)} errors, "
+                              f"first: {warm.errors[0]}", file=sys.stderr)  # fmt: skip
+                    level = drive(target, inputs, concurrency, args.requests, args.budget)
+                    levels.append(level)
+                    print(f"  {target.name:<16} c={concurrency:<3} {level.rps:8.1f} req/s  "
+                          f"p50 {level.pct(50):7.2f} ms  p99 {level.pct(99):7.2f} ms  "
+                          f"errors {len(level.errors)}", flush=True)  # fmt: skip
+        finally:
+            for name in deployed:
+                try:
+                    serve.delete(name)
+                except Exception as exc:
+                    print(f"warning: could not delete Serve app {name}: {exc}", file=sys.stderr)
+            ray.shutdown()
+    # The floor is measured with the server gone, so nothing else competes for the CPU.
+    return levels, floor_per_sample(net, inputs, 1), floor_per_sample(net, inputs, MAX_BATCH)
+
+
+def report(levels: list[Level], floor1: float, floor32: float) -> int:
+    """The table, the ratios and their verdicts; the exit status (1 when anything errored)."""
+    print(f"\n{'target':<16} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for lv in levels:
+        print(f"{lv.target:<16} {lv.concurrency:>4} {lv.rps:>8.1f} {lv.pct(50):>8.2f} "
+              f"{lv.pct(99):>8.2f} {len(lv.errors):>6}")  # fmt: skip
+    print(f"floor: bare forward {floor1 * 1e3:.3f} ms/sample at batch 1, "
+          f"{floor32 * 1e3:.3f} ms/sample at batch {MAX_BATCH} "
+          f"(= {1 / floor1:.0f} and {1 / floor32:.0f} samples/s on one thread)")  # fmt: skip
+    by = {(lv.target, lv.concurrency): lv for lv in levels}
+    print("\nratios platform / plain:")
+    for c in sorted({lv.concurrency for lv in levels}):
+        p = by[("platform", c)]
+        parts = []
+        for peer in PEERS:
+            q = by[(peer, c)]
+            parts.append(f"{peer}: req/s {p.rps / q.rps:.2f}, p50 {p.pct(50) / q.pct(50):.2f}, "
+                         f"p99 {p.pct(99) / q.pct(99):.2f}")  # fmt: skip
+        print(f"  c={c:<3} " + "; ".join(parts))
+    top = max(lv.concurrency for lv in levels)
+    ratio = by[("platform", top)].rps / by[("plain-batched", top)].rps
+    note = "" if top == 32 else f" (the target is set at c=32; this run's highest is c={top})"
+    print(
+        f"throughput at c={top}: platform / plain-batched = {ratio:.2f} "
+        f"(target >= {THROUGHPUT_TARGET:.1f}): {verdict(ratio >= THROUGHPUT_TARGET)}{note}"
+    )
+    if ("platform", 1) in by:
+        ratio = by[("platform", 1)].pct(50) / by[("plain-unbatched", 1)].pct(50)
+        print(
+            f"p50 at c=1: platform / plain-unbatched = {ratio:.2f} "
+            f"(target <= {P50_TARGET:.1f}): {verdict(ratio <= P50_TARGET)}"
+        )
+    else:
+        print("p50 at c=1: not run (add 1 to --concurrency)")
+    failed = [lv for lv in levels if lv.errors]
+    for lv in failed:
+        print(f"error: {lv.target} c={lv.concurrency}: {len(lv.errors)} errors; first: "
+              f"{lv.errors[0]}", file=sys.stderr)  # fmt: skip
+    print(f"errors: {sum(len(lv.errors) for lv in levels)} in all: "
+          f"{verdict(not failed)} (target 0 at every level)")  # fmt: skip
+    return 1 if failed else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=400, help="requests per target and level")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
+    parser.add_argument("--budget", type=float, default=300, help="seconds at most per level")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to train or deploy")
+    parser.add_argument("--keep", action="store_true", help="keep the server's NCLOUD_HOME")
+    args = parser.parse_args()
+    try:
+        args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    except ValueError:
+        parser.error(f"--concurrency must be whole numbers like 1,8,32, not {args.concurrency!r}")
+    if not args.concurrency or min(args.concurrency) < 1 or max(args.concurrency) > 64:
+        parser.error("--concurrency levels must be between 1 and 64")
+    if not 1 <= args.requests <= 10_000:
+        parser.error("--requests must be between 1 and 10000")
+    spec_text = SPEC.read_text()
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        data = Path(tmp) / "digits"
+        make_digits(data)
+        levels, floor1, floor32 = run(args, data, spec_text)
+    raise SystemExit(report(levels, floor1, floor32))
+
+
+if __name__ == "__main__":
+    main()

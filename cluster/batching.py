@@ -1,0 +1,68 @@
+"""Batch predictions' side of the controller: each Queued batch runs in a background thread.
+
+The thread drives the batch's Ray tasks (jobs/batch_runner.py) and records the outcome in
+the store. When the helper is first made in a controller process, batches that a previous
+controller left Queued or Running are started again from the beginning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from cluster.store import Store
+from jobs import batch_runner, batches
+from jobs.batches import BatchStatus
+from ncloud.errors import Conflict
+
+log = logging.getLogger("ncloud.batching")
+_helpers: dict[int, Batching] = {}
+_helpers_lock = threading.Lock()
+
+
+class Batching:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.threads: dict[int, threading.Thread] = {}
+        self.lock = threading.Lock()
+        self.resumed = self._resume()
+
+    def _resume(self) -> list[int]:
+        found = batches.in_status(self.store, {BatchStatus.QUEUED, BatchStatus.RUNNING})
+        for tenant, batch_id in found:
+            self._launch(tenant, batch_id)
+        if found:
+            log.info("resumed batch predictions %s", [b for _, b in found])
+        return [batch_id for _, batch_id in found]
+
+    def _launch(self, tenant: str, batch_id: int) -> None:
+        worker = threading.Thread(
+            target=batch_runner.run,
+            args=(self.store, tenant, batch_id),
+            name=f"batch-{batch_id}",
+            daemon=True,
+        )
+        self.threads[batch_id] = worker
+        worker.start()
+
+    def start(self, tenant: str, batch_id: int) -> dict[str, Any]:
+        """Run a Queued batch in the background (once); answers with the batch as it is now."""
+        with self.lock:
+            batch = batches.get(self.store, tenant, batch_id)
+            running = self.threads.get(batch_id)
+            if running is not None and running.is_alive():  # e.g. resumed when this was made
+                return batch.as_json()
+            if batch.status is not BatchStatus.QUEUED:
+                raise Conflict(f"batch prediction {batch_id} is {batch.status.value}, not Queued")
+            self._launch(tenant, batch_id)
+        return batch.as_json()
+
+
+def helper(store: Store) -> Batching:
+    """The one Batching of this store in this process, made on first use."""
+    with _helpers_lock:
+        found = _helpers.get(id(store))
+        if found is None:
+            found = _helpers[id(store)] = Batching(store)
+        return found

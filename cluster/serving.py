@@ -1,0 +1,148 @@
+"""Deployments' side of the controller: place them in the tenant's bundles, run them on Serve.
+
+Deploy and undeploy answer at once and finish in a background thread (Serve takes
+seconds to start replicas); the store says where each one is. On every controller start,
+deployments that should be up but have no Serve application are deployed again, so they
+come back after `ncloud server stop` / `start`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from ray import serve
+
+from cluster import accounts, reservations
+from cluster.reservations import Resources
+from cluster.store import Store
+from jobs import checkpoints, deployments, models, predictor, queue
+from jobs.deployments import DeploymentStatus
+from ncloud.errors import Conflict, QuotaExceeded
+
+log = logging.getLogger("ncloud.serving")
+DEPLOY_TIMEOUT_S = 300.0
+
+
+def _env() -> dict[str, str]:
+    from cluster.local import control_plane_env
+
+    return control_plane_env()
+
+
+class Serving:
+    def __init__(self, store: Store, db_url: str) -> None:
+        self.store, self.db_url = store, db_url
+        self.lock = threading.Lock()
+        self.recovered = self._recover()
+
+    def deploy(
+        self, tenant: str, model_id: int, replicas: int, gpus: int, checkpoint: int | None
+    ) -> dict[str, Any]:
+        model = models.get(self.store, tenant, model_id)
+        current = deployments.find(self.store, tenant, model_id)
+        if current is not None and current.status.holds_bundles():
+            raise Conflict(f"model {model_id} is {current.status.value} already")
+        predictor.read_meta(model.url)  # Conflict when it never trained
+        if checkpoint is not None:
+            found = [int(c["epoch"]) for c in checkpoints.list_checkpoints(model.url)]
+            if checkpoint not in found:
+                raise Conflict(f"model {model_id} has no checkpoint {checkpoint}; it has {found}")
+        else:
+            predictor.weights_for(model.url, None)  # Conflict when there are no weights
+        with self.lock:
+            t = accounts.get_tenant(self.store, tenant)
+            bundles = reservations.bundles_for(Resources(t.cpus, t.gpus, t.memory))
+            busy = deployments.bundles_in_use(self.store, tenant)
+            chosen = queue.pick(bundles, busy, replicas, gpus)
+            if chosen is None:
+                free = len(bundles) - len(busy)
+                raise QuotaExceeded(
+                    f"tenant {tenant!r} has {free} of {len(bundles)} worker slot(s) free; "
+                    f"this deployment asks for {replicas} replica(s)"
+                    + (f" with {gpus} GPU(s) each" if gpus else "")
+                )
+            dep, token = deployments.begin(
+                self.store, tenant, model_id, replicas, gpus, checkpoint, chosen
+            )
+        self._start(dep)
+        return {**dep.as_json(), "token": token}
+
+    def _start(self, dep: deployments.Deployment) -> None:
+        threading.Thread(target=self._run, args=(dep,), daemon=True).start()
+
+    def _run(self, dep: deployments.Deployment) -> None:
+        from serve.deployments import ServeConfig, model_application
+
+        try:
+            cfg = ServeConfig(dep.model_id, dep.tenant, self.db_url, dep.checkpoint, dep.gpus)
+            app = model_application(cfg, dep.replicas, _env())
+            serve.run(
+                app, name=dep.app_name, route_prefix=deployments.route(dep.model_id), blocking=False
+            )
+            deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+            while True:
+                status = serve.status().applications.get(dep.app_name)
+                state = str(getattr(status, "status", ""))
+                if state.endswith("RUNNING"):
+                    break
+                if state.endswith("DEPLOY_FAILED") or time.monotonic() > deadline:
+                    message = (
+                        getattr(status, "message", "") or f"not running after {DEPLOY_TIMEOUT_S:g}s"
+                    )
+                    raise RuntimeError(str(message)[-2000:])
+                time.sleep(0.5)
+            deployments.move(self.store, dep.tenant, dep.model_id, DeploymentStatus.DEPLOYED)
+            log.info("model %s deployed", dep.model_id)
+        except Exception as exc:
+            log.exception("deploying model %s failed", dep.model_id)
+            self._delete_app(dep.app_name)
+            deployments.move(
+                self.store, dep.tenant, dep.model_id, DeploymentStatus.FAILED, error=str(exc)[:4000]
+            )
+
+    def undeploy(self, tenant: str, model_id: int) -> dict[str, Any]:
+        dep = deployments.get(self.store, tenant, model_id)
+        if dep.status in (DeploymentStatus.UNDEPLOYED, DeploymentStatus.UNDEPLOYING):
+            raise Conflict(f"model {model_id} is not deployed ({dep.status.value})")
+        deployments.move(self.store, tenant, model_id, DeploymentStatus.UNDEPLOYING)
+        threading.Thread(target=self._finish_undeploy, args=(dep,), daemon=True).start()
+        return deployments.get(self.store, tenant, model_id).as_json()
+
+    def _finish_undeploy(self, dep: deployments.Deployment) -> None:
+        self._delete_app(dep.app_name)
+        deployments.move(self.store, dep.tenant, dep.model_id, DeploymentStatus.UNDEPLOYED)
+
+    def _delete_app(self, name: str) -> None:
+        try:
+            serve.delete(name)
+        except Exception:
+            log.exception("could not delete Serve application %s", name)
+
+    def remove_all(self, tenant: str) -> None:
+        """A tenant removed with --force: its deployments go at once."""
+        for dep in deployments.holding(self.store, tenant):
+            self._delete_app(dep.app_name)
+            deployments.move(self.store, tenant, dep.model_id, DeploymentStatus.UNDEPLOYED)
+
+    def _recover(self) -> dict[str, list[int]]:
+        """Deploy again what should be up and is not; finish undeploys that were cut short."""
+        redeployed, finished = [], []
+        try:
+            apps = serve.status().applications
+        except Exception:
+            apps = {}
+        for dep in deployments.all_in(
+            self.store, {DeploymentStatus.DEPLOYING, DeploymentStatus.DEPLOYED}
+        ):
+            state = str(getattr(apps.get(dep.app_name), "status", ""))
+            if not state.endswith(("RUNNING", "DEPLOYING")):
+                deployments.move(self.store, dep.tenant, dep.model_id, DeploymentStatus.DEPLOYING)
+                self._start(dep)
+                redeployed.append(dep.model_id)
+        for dep in deployments.all_in(self.store, {DeploymentStatus.UNDEPLOYING}):
+            threading.Thread(target=self._finish_undeploy, args=(dep,), daemon=True).start()
+            finished.append(dep.model_id)
+        return {"redeployed": redeployed, "undeployed": finished}

@@ -1,0 +1,255 @@
+"""A model's deployment: the table, its status machine, its own token, and the bundles it holds.
+
+``Deploying -> Deployed`` (or ``Failed``), ``Deployed -> Undeploying -> Undeployed``. One
+row per model (a redeploy reuses it). The deployment token (``ncd_<model>_<secret>``) is
+shown once at deploy time, stored hashed, compared in constant time and revocable; it
+works for that deployment's predictions and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
+
+from cluster import accounts
+from cluster.store import Store, metadata, utcnow
+from jobs import models
+from ncloud.errors import Conflict, Unauthenticated
+
+
+class DeploymentStatus(StrEnum):
+    DEPLOYING = "Deploying"
+    DEPLOYED = "Deployed"
+    UNDEPLOYING = "Undeploying"
+    UNDEPLOYED = "Undeployed"
+    FAILED = "Failed"
+
+    def holds_bundles(self) -> bool:
+        return self in (DeploymentStatus.DEPLOYING, DeploymentStatus.DEPLOYED)
+
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("model_id", Integer, ForeignKey("models.id"), primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("replicas", Integer, nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("checkpoint", Integer),
+    Column("placement", Text),  # JSON: the bundle of each replica
+    Column("token_hash", String(64)),
+    Column("error", Text),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+if deployments not in accounts.TENANT_OWNED:
+    accounts.TENANT_OWNED.insert(0, deployments)  # before the models they point at
+
+
+@dataclass(frozen=True)
+class Deployment:
+    model_id: int
+    tenant: str
+    status: DeploymentStatus
+    replicas: int
+    gpus: int
+    checkpoint: int | None
+    placement: list[int]
+    has_token: bool
+    error: str | None
+    updated_at: dt.datetime
+
+    @property
+    def app_name(self) -> str:
+        return app_name(self.model_id)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model_id,
+            "status": self.status.value,
+            "replicas": self.replicas,
+            "gpus": self.gpus,
+            "checkpoint": self.checkpoint,
+            "route": route(self.model_id),
+            "token_active": self.has_token,
+            "error": self.error,
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def app_name(model_id: int) -> str:
+    return f"ncloud-model-{model_id}"
+
+
+def route(model_id: int) -> str:
+    return f"/models/{model_id}"
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _deployment(tenant: str, row: Any) -> Deployment:
+    m = row._mapping
+    return Deployment(
+        m["model_id"],
+        tenant,
+        DeploymentStatus(m["status"]),
+        m["replicas"],
+        m["gpus"],
+        m["checkpoint"],
+        json.loads(m["placement"] or "[]"),
+        m["token_hash"] is not None,
+        m["error"],
+        m["updated_at"],
+    )
+
+
+def find(store: Store, tenant: str, model_id: int) -> Deployment | None:
+    models.get(store, tenant, model_id)  # another tenant's model: 404
+    with store.read() as conn:
+        row = conn.execute(select(deployments).where(deployments.c.model_id == model_id)).first()
+    return _deployment(tenant, row) if row is not None else None
+
+
+def get(store: Store, tenant: str, model_id: int) -> Deployment:
+    found = find(store, tenant, model_id)
+    if found is None:
+        raise Conflict(f"model {model_id} is not deployed (ncloud model deploy {model_id})")
+    return found
+
+
+def begin(
+    store: Store, tenant: str, model_id: int, replicas: int, gpus: int,
+    checkpoint: int | None, placement: list[int],
+) -> tuple[Deployment, str]:
+    """Record a new deployment (Deploying) with a fresh token; returns it and the token."""
+    current = find(store, tenant, model_id)
+    if current is not None and current.status.holds_bundles():
+        raise Conflict(f"model {model_id} is {current.status.value} already")
+    if current is not None and current.status is DeploymentStatus.UNDEPLOYING:
+        raise Conflict(f"model {model_id} is still undeploying; try again in a moment")
+    secret = secrets.token_urlsafe(32)
+    values = {
+        "status": DeploymentStatus.DEPLOYING.value,
+        "replicas": replicas,
+        "gpus": gpus,
+        "checkpoint": checkpoint,
+        "placement": json.dumps(placement),
+        "token_hash": _hash(secret),
+        "error": None,
+        "updated_at": utcnow(),
+    }
+    tenant_id = accounts.get_tenant(store, tenant).id
+    with store.write() as conn:
+        conn.execute(delete(deployments).where(deployments.c.model_id == model_id))
+        conn.execute(
+            insert(deployments).values(
+                model_id=model_id, tenant_id=tenant_id, created_at=utcnow(), **values
+            )
+        )
+    return get(store, tenant, model_id), f"ncd_{model_id}_{secret}"
+
+
+def move(store: Store, tenant: str, model_id: int, to: DeploymentStatus, **values: Any) -> None:
+    with store.write() as conn:
+        conn.execute(
+            update(deployments)
+            .where(deployments.c.model_id == model_id)
+            .values(status=to.value, updated_at=utcnow(), **values)
+        )
+
+
+def revoke_token(store: Store, tenant: str, model_id: int) -> None:
+    get(store, tenant, model_id)
+    with store.write() as conn:
+        conn.execute(
+            update(deployments).where(deployments.c.model_id == model_id).values(token_hash=None)
+        )
+
+
+def holding(store: Store, tenant: str) -> list[Deployment]:
+    """The tenant's deployments that hold bundles of its reservation."""
+    tenant_id = accounts.get_tenant(store, tenant).id
+    with store.read() as conn:
+        rows = conn.execute(
+            select(deployments).where(deployments.c.tenant_id == tenant_id)
+        ).all()
+    return [d for d in (_deployment(tenant, r) for r in rows) if d.status.holds_bundles()]
+
+
+def all_in(store: Store, statuses: set[DeploymentStatus]) -> list[Deployment]:
+    with store.read() as conn:
+        rows = conn.execute(
+            select(deployments, accounts.tenants.c.name.label("tenant_name"))
+            .join(accounts.tenants, accounts.tenants.c.id == deployments.c.tenant_id)
+            .where(deployments.c.status.in_([s.value for s in statuses]))
+        ).all()
+    return [_deployment(r._mapping["tenant_name"], r) for r in rows]
+
+
+def check_token(store: Store, model_id: int, token: str) -> bool:
+    """True for this deployment's own live token; Unauthenticated for a wrong or revoked one."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != "ncd":
+        return False
+    with store.read() as conn:
+        row = conn.execute(
+            select(deployments.c.token_hash).where(deployments.c.model_id == model_id)
+        ).first()
+    expected = row[0] if row is not None and row[0] else _hash("")
+    if parts[1] != str(model_id) or not hmac.compare_digest(expected, _hash(parts[2])):
+        raise Unauthenticated("invalid or revoked deployment token")
+    if row is None or row[0] is None:
+        raise Unauthenticated("invalid or revoked deployment token")
+    return True
+
+
+def tenant_of(store: Store, model_id: int) -> str | None:
+    with store.read() as conn:
+        row = conn.execute(
+            select(accounts.tenants.c.name)
+            .join(models.models, models.models.c.tenant_id == accounts.tenants.c.id)
+            .where(models.models.c.id == model_id)
+        ).first()
+    return str(row[0]) if row is not None else None
+
+
+def remove_row(store: Store, model_id: int) -> None:
+    with store.write() as conn:
+        conn.execute(delete(deployments).where(deployments.c.model_id == model_id))
+
+
+def ensure_missing(store: Store, tenant: str, model_id: int) -> None:
+    found = find(store, tenant, model_id)
+    if found is not None and found.status is not DeploymentStatus.UNDEPLOYED:
+        raise Conflict(f"model {model_id} is {found.status.value}: undeploy it first")
+
+
+
+def bundles_in_use(store: Store, tenant: str) -> set[int]:
+    """Bundles of the tenant's reservation held by training runs or deployments now."""
+    active = models.runs_in(store, {models.RunStatus.STARTING, models.RunStatus.RUNNING})
+    held = {b for r in active if r.tenant == tenant for b in r.placement or []}
+    return held | {b for d in holding(store, tenant) for b in d.placement}

@@ -1,0 +1,178 @@
+"""`ncloud batch ...`: predict over a dataset or a new manifest, then ls/show/results."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ncloud.cli import common
+from ncloud.cli.common import OutputOpt
+from ncloud.errors import InvalidInput, NcloudError, UsageError
+from ncloud.render import Output, err, message, render
+
+app = typer.Typer(
+    help="Batch predictions: a trained model over a dataset or a new manifest.",
+    no_args_is_help=True,
+)
+
+COLUMNS = ["id", "model", "dataset", "manifest", "status", "rows", "predicted", "bad_rows", "k"]
+SHOW = [
+    "id",
+    "model",
+    "dataset",
+    "manifest",
+    "format",
+    "k",
+    "status",
+    "rows",
+    "predicted",
+    "bad_rows",
+    "error",
+    "result",
+    "created_at",
+    "updated_at",
+]
+TERMINAL = ("Completed", "Failed")
+WAIT_TIMEOUT_S = 24 * 3600.0
+
+
+class ResultFormat(StrEnum):
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+def manifest_files(manifest_path: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    """(local path, name) of the files the manifest names that exist, and the missing names.
+
+    A missing file is not an error here: its row becomes a bad row of the result.
+    """
+    from jobs.manifest import file_columns, read_manifest
+    from ncloud.uploads import check_inside
+
+    root = manifest_path.parent.resolve()
+    manifest = read_manifest(str(manifest_path.resolve()))
+    names = sorted({row.cells[col] for col in file_columns(manifest) for row in manifest.rows})
+    found, missing = [], []
+    for name in names:
+        path = root / name
+        if not path.exists():
+            missing.append(name)
+            continue
+        check_inside(root, path)
+        found.append((path, Path(name).as_posix()))
+    return found, missing
+
+
+def wait_done(batch_id: int) -> Any:
+    """Follow a batch until Completed or Failed, with a spinner showing rows done."""
+    batches = common.client().batches
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    with err.status("predicting...") as spinner:
+        while True:
+            found = batches.show(batch_id)
+            done = found["predicted"] + found["bad_rows"]
+            spinner.update(f"batch {batch_id}: {found['status']} {done}/{found['rows']} rows")
+            if found["status"] in TERMINAL:
+                return found
+            if time.monotonic() > deadline:
+                raise NcloudError(
+                    f"batch {batch_id} still {found['status']} after {WAIT_TIMEOUT_S:g}s; "
+                    f"see `ncloud batch show {batch_id}`"
+                )
+            time.sleep(1.0)
+
+
+def _upload(model_id: int, manifest: Path, k: int, fmt: str, parallel: int) -> Any:
+    from ncloud.uploads import upload_files
+
+    if not manifest.is_file():
+        raise InvalidInput(f"{manifest} is not a file")
+    files, missing = manifest_files(manifest)
+    for name in missing[:5]:
+        message(f"[yellow]warning:[/yellow] {name} not found: its row will be a bad row")
+    if len(missing) > 5:
+        message(f"[yellow]warning:[/yellow] ... and {len(missing) - 5} more files not found")
+    batches = common.client().batches
+    created = batches.create_upload(model_id, manifest.read_bytes(), manifest.name, k, fmt)
+    batch_id = created["id"]
+    upload_files(
+        files,
+        lambda n, chunks, size: batches.put_file(batch_id, n, chunks, size),
+        parallel=parallel,
+        label=f"batch {batch_id}",
+    )
+    return batches.start(batch_id)
+
+
+@app.command("predict")
+def predict(
+    model_id: Annotated[int, typer.Argument(help="A trained model.")],
+    dataset: Annotated[int | None, typer.Option("--dataset", help="A Ready dataset's id.")] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="A new manifest (.tsv/.csv) next to its files."),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="Most likely classes per row.")] = 5,
+    fmt: Annotated[ResultFormat, typer.Option("--format", help="Result file format.")] = (
+        ResultFormat.csv
+    ),
+    parallel: Annotated[int, typer.Option(help="Files sent at once.")] = 4,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow it to the end.")] = True,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Predict every row of a dataset, or of a new manifest (its files are uploaded)."""
+    if dataset is not None and manifest is None:
+        found = common.client().batches.predict_dataset(model_id, dataset, k, fmt.value)
+    elif manifest is not None and dataset is None:
+        found = _upload(model_id, manifest, k, fmt.value, parallel)
+    else:
+        raise UsageError("give exactly one of --dataset ID and --manifest PATH")
+    batch_id = found["id"]
+    if wait:
+        found = wait_done(batch_id)
+    render(found, SHOW if output == Output.table else None, output)
+    if found["status"] == "Failed":
+        raise NcloudError(f"batch {batch_id} failed: {found['error']}")
+    message(f"next: ncloud batch show {batch_id}; ncloud batch results {batch_id} -d .")
+
+
+@app.command("ls")
+def ls(output: OutputOpt = Output.table) -> None:
+    """List the tenant's batch predictions, newest first."""
+    render(common.client().batches.list(), COLUMNS, output)
+
+
+@app.command("show")
+def show(batch_id: int, output: OutputOpt = Output.table) -> None:
+    """Status, rows predicted and bad, and the error of a failed batch."""
+    render(common.client().batches.show(batch_id), SHOW if output == Output.table else None, output)
+
+
+@app.command("results")
+def results(
+    batch_id: int,
+    directory: Annotated[Path, typer.Option("--dir", "-d", help="Where to put the file.")] = Path(
+        "."
+    ),
+    output: OutputOpt = Output.table,
+) -> None:
+    """Download a Completed batch's result file (batch-ID.csv or batch-ID.jsonl)."""
+    batches = common.client().batches
+    found = batches.show(batch_id)
+    dest = directory / f"batch-{batch_id}.{found['format']}"
+    size = batches.download_result(batch_id, dest)
+    render(
+        {
+            "batch": batch_id,
+            "path": str(dest),
+            "bytes": size,
+            "rows": found["rows"],
+            "bad_rows": found["bad_rows"],
+        },
+        None,
+        output,
+    )

@@ -1,0 +1,94 @@
+"""`ncloud model deploy | predict | undeploy | token-revoke`: serving a trained model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ncloud.cli import common
+from ncloud.cli.common import OutputOpt
+from ncloud.cli.models import app
+from ncloud.errors import InvalidInput, NcloudError
+from ncloud.render import Output, err, message, out, render
+
+DEPLOY_COLUMNS = ["model", "status", "replicas", "gpus", "checkpoint", "url", "error"]
+DEPLOY_WAIT_S = 600.0
+
+
+@app.command("deploy")
+def deploy(
+    model_id: int,
+    replicas: Annotated[int, typer.Option("--replicas", help="Serve replicas.")] = 1,
+    gpus: Annotated[int, typer.Option("--gpus", "-g", help="GPUs per replica.")] = 0,
+    checkpoint: Annotated[int | None, typer.Option("--checkpoint", help="Epoch to serve.")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until Deployed.")] = True,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Serve a trained model over HTTP; prints its URL and a deployment token (shown once)."""
+    models = common.client().models
+    found = models.deploy(model_id, replicas, gpus, checkpoint)
+    token = found.pop("token")
+    if wait:
+        deadline = time.monotonic() + DEPLOY_WAIT_S
+        with err.status(f"deploying model {model_id}..."):
+            while found["status"] == "Deploying" and time.monotonic() < deadline:
+                time.sleep(1.0)
+                found = models.deployment(model_id)
+    render(
+        {**found, "token": token},
+        None if output == Output.json else [*DEPLOY_COLUMNS, "token"],
+        output,
+    )
+    if found["status"] == "Failed":
+        raise NcloudError(f"model {model_id} failed to deploy: {found['error']}")
+    message(
+        f'next: ncloud model predict {model_id} image.png; curl -H "Authorization: Bearer '
+        f'<token>" -F file=@image.png "{found["url"]}?k=5"'
+    )
+
+
+@app.command("undeploy")
+def undeploy(model_id: int, output: OutputOpt = Output.table) -> None:
+    """Stop serving a model; its bundles are free again."""
+    render(common.client().models.undeploy(model_id), DEPLOY_COLUMNS, output)
+
+
+@app.command("token-revoke")
+def token_revoke(model_id: int, output: OutputOpt = Output.table) -> None:
+    """Revoke the deployment's own token (tenant tokens keep working)."""
+    render(common.client().models.revoke_deployment_token(model_id), None, output)
+
+
+@app.command("predict")
+def predict(
+    model_id: int,
+    files: Annotated[list[Path], typer.Argument(help="Inputs: images, texts, WAVs or JSON.")],
+    k: Annotated[int, typer.Option("-k", help="How many classes per input.")] = 5,
+    raw: Annotated[bool, typer.Option("--raw", help="The output vector instead.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Top-k predictions (index, label, probability) for each input, a table per input."""
+    payload = []
+    for path in files:
+        if not path.is_file():
+            raise InvalidInput(f"{path} is not a file")
+        payload.append((path.name, path.read_bytes()))
+    found = common.client().models.predict(model_id, payload, k, raw)
+    if output == Output.json or raw:
+        render(found, None, Output.json if raw else output)
+        return
+    for item in found["predictions"]:
+        out.print(f"[bold]{item['input']}[/bold]")
+        render([_row(rank, p) for rank, p in enumerate(item["top"], 1)], None, output)
+
+
+def _row(rank: int, p: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "index": p["index"],
+        "label": p["label"],
+        "probability": f"{p['probability']:.4f}",
+    }

@@ -1,0 +1,50 @@
+"""The client's batch prediction calls (Client.batches)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from ncloud.client import Client
+
+
+class Batches:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def predict_dataset(self, model_id: int, dataset_id: int, k: int = 5, fmt: str = "csv") -> Any:
+        """Predict every row of a dataset; the batch runs at once."""
+        body = {"model": model_id, "dataset": dataset_id, "k": k, "format": fmt}
+        return self._c.request("POST", "/batches", json=body)
+
+    def create_upload(
+        self,
+        model_id: int,
+        manifest: bytes,
+        name: str = "manifest.tsv",
+        k: int = 5,
+        fmt: str = "csv",
+    ) -> Any:
+        """Register a batch over a new manifest; answers with the files it names ("needed")."""
+        params = {"model": model_id, "name": name, "k": k, "format": fmt}
+        return self._c.request("POST", "/batches/upload", content=manifest, params=params)
+
+    def put_file(self, batch_id: int, name: str, chunks: Iterator[bytes], size: int) -> Any:
+        return self._c.put_file(f"/batches/{batch_id}/files/{quote(name)}", chunks, size)
+
+    def start(self, batch_id: int) -> Any:
+        """Queue an uploaded batch; files never uploaded become bad rows."""
+        return self._c.request("POST", f"/batches/{batch_id}/start")
+
+    def list(self) -> Any:
+        return self._c.request("GET", "/batches")
+
+    def show(self, batch_id: int) -> Any:
+        return self._c.request("GET", f"/batches/{batch_id}")
+
+    def download_result(self, batch_id: int, dest: Path) -> int:
+        """The result file (CSV or JSONL) of a Completed batch, into dest."""
+        return self._c.stream_download(f"/batches/{batch_id}/result", dest)

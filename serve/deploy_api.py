@@ -1,0 +1,109 @@
+"""Deployment routes of the REST API: deploy, undeploy, status, revoke the deployment's token.
+
+Predictions themselves go to the deployment's own route, /models/<id>/predict, served by
+its Ray Serve application (serve/deployments.py); a model with no deployment is answered
+there by the fallback application below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from cluster import accounts
+from jobs import deployments, models
+from ncloud.errors import Conflict, NotFound, Unauthenticated
+from serve.auth import Caller
+from serve.deps import caller, control, store
+from serve.errors import install_error_handlers
+
+router = APIRouter()
+
+
+class DeployIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(1, ge=1, le=64)
+    gpus: int = Field(0, ge=0, le=8)
+    checkpoint: int | None = Field(None, ge=0)
+
+
+def _with_url(request: Request, found: dict[str, Any]) -> dict[str, Any]:
+    base = str(request.base_url).rstrip("/").removesuffix("/api/v1")
+    return {**found, "url": f"{base}{found['route']}/predict"}
+
+
+@router.post("/models/{model_id}/deploy", status_code=201)
+def deploy(
+    model_id: int, body: DeployIn, request: Request, c: Caller = Depends(caller)
+) -> dict[str, Any]:
+    tenant = c.require_tenant()
+    models.get(store(), tenant, model_id)
+    found = control().call(
+        "deploy_model", tenant, model_id, body.replicas, body.gpus, body.checkpoint
+    )
+    return _with_url(request, found)
+
+
+@router.post("/models/{model_id}/undeploy")
+def undeploy(model_id: int, request: Request, c: Caller = Depends(caller)) -> dict[str, Any]:
+    tenant = c.require_tenant()
+    models.get(store(), tenant, model_id)
+    return _with_url(request, control().call("undeploy_model", tenant, model_id))
+
+
+@router.get("/models/{model_id}/deployment")
+def deployment(model_id: int, request: Request, c: Caller = Depends(caller)) -> dict[str, Any]:
+    tenant = c.require_tenant()
+    return _with_url(request, deployments.get(store(), tenant, model_id).as_json())
+
+
+@router.delete("/models/{model_id}/deployment/token")
+def revoke_token(model_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+    tenant = c.require_tenant()
+    deployments.revoke_token(store(), tenant, model_id)
+    return {"model": model_id, "token_active": False}
+
+
+def fallback_app() -> FastAPI:
+    """Answers /models/<id>/... for models that have no running deployment: 401, 404 or 409."""
+    app = FastAPI(title="ncloud predictions", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+
+    @app.api_route("/{model_id}/{rest:path}", methods=["GET", "POST"])
+    def not_deployed(model_id: str, rest: str, request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        token = header.partition(" ")[2].strip()
+        if not token:
+            raise Unauthenticated("send 'Authorization: Bearer <token>'")
+        s = store()
+        tenant = deployments.tenant_of(s, int(model_id)) if model_id.isdigit() else None
+        if token.startswith("ncd_"):
+            if tenant is None:
+                raise NotFound(f"no model {model_id}")
+            deployments.check_token(s, int(model_id), token)
+        else:
+            user = accounts.authenticate(s, token)
+            if tenant is None or (tenant not in user.tenants and not user.is_admin):
+                raise NotFound(f"no model {model_id}")
+        found = deployments.find(s, tenant, int(model_id))
+        state = found.status.value if found else "not deployed"
+        raise Conflict(f"model {model_id} is {state.lower()}: ncloud model deploy {model_id}")
+
+    return app
+
+
+def fallback_application(env: dict[str, str]) -> Any:
+    app = fallback_app()
+
+    @serve.deployment(
+        name="fallback", ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}}
+    )
+    @serve.ingress(app)
+    class Fallback:
+        pass
+
+    return Fallback.bind()  # type: ignore[attr-defined]

@@ -1,0 +1,295 @@
+"""Deploy and predict on Ray Serve: top-k with labels, auth, and every bad input (a clear 4xx)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from examples.digits import make_digits
+from ncloud.client import Client
+from ncloud.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from tests.integration.conftest import Server, upload_dataset, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"Completed", "Failed", "Stopped"}
+
+
+def _features_manifest(rows: int = 400) -> bytes:
+    """sklearn's digits as 64 inline @ASCII_FLOAT columns and an @ASCII_INT label."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    lines = ["\t".join(["@ASCII_FLOAT"] * 64 + ["@ASCII_INT"])]
+    for x, y in zip(digits.data[:rows], digits.target[:rows], strict=True):
+        lines.append("\t".join([f"{v / 16:.3f}" for v in x] + [str(int(y))]))
+    return ("\n".join(lines) + "\n").encode()
+
+
+FEATURES_MLP = """
+epochs: 3
+layers:
+  - {type: Linear, config: {out_features: 64}}
+  - {type: ReLU}
+  - {type: Linear, config: {out_features: num_classes}}
+"""
+
+
+def _trained(client: Client, name: str, spec: str, dataset: int, epochs: int) -> int:
+    text = FEATURES_MLP if spec == "features.yaml" else (ROOT / "examples" / spec).read_text()
+    model = client.models.train(name, spec, text, dataset, epochs=epochs)
+    found = wait_for(
+        lambda: (m := client.models.show(model["id"]))["status"] in TERMINAL and m,
+        300,
+        f"{name} to train",
+    )
+    assert found["status"] == "Completed", found["error"]
+    return int(model["id"])
+
+
+def _deployed(client: Client, model_id: int, **options: Any) -> dict[str, Any]:
+    found = client.models.deploy(model_id, **options)
+    token = found["token"]
+    wait_for(lambda: client.models.deployment(model_id)["status"] == "Deployed", 300, "Deployed")
+    return {**client.models.deployment(model_id), "token": token}
+
+
+@pytest.fixture(scope="module")
+def shop(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A tenant (2 bundles) with an image CNN and a features MLP, both trained and deployed."""
+    data = tmp_path_factory.mktemp("deploy-digits")
+    make_digits(data, size=16)
+    admin = server.client()
+    admin.tenants.add("shop", 2, 0, "2GiB")
+    user = admin.users.add("sol@example.com", ["shop"])
+    client = server.client(token=user["token"], tenant="shop")
+    try:
+        images = upload_dataset(server, data / "valid.tsv", "images", user["token"], "shop")
+        features = client.datasets.create("features", _features_manifest(), "f.tsv")["id"]
+        client.datasets.ingest(features)
+        wait_for(lambda: client.datasets.show(features)["status"] == "Ready", 120, "features")
+        cnn = _trained(client, "cnn", "cnn.yaml", images, epochs=8)
+        mlp = _trained(client, "mlp", "features.yaml", features, epochs=3)
+        image_dep = _deployed(client, cnn)
+        feature_dep = _deployed(client, mlp)
+        yield {
+            "token": user["token"],
+            "client": client,
+            "data": data,
+            "cnn": cnn,
+            "mlp": mlp,
+            "image_dep": image_dep,
+            "feature_dep": feature_dep,
+            "images": images,
+        }
+    finally:
+        for model in client.models.list():
+            if model.get("deployment") in ("Deployed", "Deploying"):
+                client.models.undeploy(model["id"])
+        admin.users.remove("sol@example.com")
+        admin.tenants.remove("shop", force=True)
+
+
+def _url(server: Server, model_id: int) -> str:
+    return f"{server.api_url.removesuffix('/api/v1')}/models/{model_id}/predict"
+
+
+def _post(server: Server, model_id: int, token: str | None, files: Any = None, **kw: Any) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(_url(server, model_id), headers=headers, files=files, timeout=60, **kw)
+
+
+def _png(width: int, height: int, color: int = 0) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (width, height), color).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_predict_top5_with_labels_through_the_cli_and_curl(
+    server: Server, shop: dict[str, Any]
+) -> None:
+    holdout = shop["data"] / "holdout"
+    names = sorted(holdout.iterdir())[:3]
+    out = server.cli(
+        "model",
+        "predict",
+        str(shop["cnn"]),
+        *map(str, names),
+        "-o",
+        "json",
+        token=shop["token"],
+        tenant="shop",
+    )
+    found = json.loads(out.stdout)["predictions"]
+    assert [p["input"] for p in found] == [n.name for n in names]
+    labels = dict(
+        line.split("\t") for line in (shop["data"] / "holdout.tsv").read_text().splitlines()[1:]
+    )
+    right = 0
+    for item, path in zip(found, names, strict=True):
+        top = item["top"]
+        assert len(top) == 5 and [t["probability"] for t in top] == sorted(
+            (t["probability"] for t in top), reverse=True
+        )
+        assert all(t["label"] for t in top) and 0.99 < sum(t["probability"] for t in top) <= 1.0001
+        right += top[0]["label"] == labels[f"holdout/{path.name}"]
+    assert right >= 2
+    table = server.cli(
+        "model",
+        "predict",
+        str(shop["cnn"]),
+        str(names[0]),
+        "-k",
+        "2",
+        token=shop["token"],
+        tenant="shop",
+    )
+    assert "PROBABILITY" in table.stdout and names[0].name in table.stdout
+    # The deployment's own token, as curl would send it; k larger than the classes is clamped.
+    reply = _post(
+        server,
+        shop["cnn"],
+        shop["image_dep"]["token"],
+        files=[("file", ("a.png", names[0].read_bytes()))],
+        params={"k": 50},
+    )
+    assert reply.status_code == 200 and len(reply.json()["predictions"][0]["top"]) == 10
+    raw = _post(
+        server,
+        shop["cnn"],
+        shop["token"],
+        files=[("file", ("a.png", names[0].read_bytes()))],
+        params={"raw": True},
+    )
+    assert raw.json()["predictions"][0]["shape"] == [10]
+
+
+def test_json_features_predict_and_wrong_length_is_422(
+    server: Server, shop: dict[str, Any]
+) -> None:
+    from sklearn.datasets import load_digits
+
+    x = (load_digits().data[500] / 16).round(3).tolist()
+    ok = _post(server, shop["mlp"], shop["token"], files=[("file", ("x.json", json.dumps(x)))])
+    assert ok.status_code == 200 and ok.json()["predictions"][0]["top"][0]["label"] is None
+    bad = _post(server, shop["mlp"], shop["token"], files=[("file", ("x.json", "[1, 2, 3]"))])
+    assert bad.status_code == 422 and "has 3 features; the model takes 64" in bad.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("files", "params", "status", "match"),
+    [
+        ([("file", ("t.png", _png(16, 16)[:40]))], {}, 422, "t.png"),
+        ([("file", ("n.png", b"this is text, not an image"))], {}, 422, "n.png"),
+        ([("file", ("big.png", _png(12000, 9000)))], {}, 422, "pixel|bomb|limit"),
+        ([("file", ("a.png", _png(16, 16)))], {"k": 0}, 422, "k must be at least 1"),
+        ([("file", ("a.png", _png(16, 16)))], {"k": -3}, 422, "k must be at least 1"),
+        (None, {}, 422, "empty"),
+    ],
+)
+def test_bad_inputs_are_4xx_and_the_endpoint_stays_up(
+    server: Server,
+    shop: dict[str, Any],
+    files: Any,
+    params: dict[str, Any],
+    status: int,
+    match: str,
+) -> None:
+    import re
+
+    reply = _post(server, shop["cnn"], shop["token"], files=files, params=params)
+    assert reply.status_code == status and re.search(match, reply.json()["message"])
+    good = _post(server, shop["cnn"], shop["token"], files=[("file", ("ok.png", _png(16, 16)))])
+    assert good.status_code == 200
+
+
+def test_a_body_over_the_limit_is_413_without_reading_it(
+    server: Server, shop: dict[str, Any]
+) -> None:
+    port = int(server.api_url.rsplit(":", 1)[1].split("/")[0])
+    request = (
+        f"POST /models/{shop['cnn']}/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {shop['token']}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: {1 << 30}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        reply = sock.recv(65536).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413")
+
+
+def test_auth_not_deployed_and_other_tenants(
+    server: Server, shop: dict[str, Any], tenant: Any
+) -> None:
+    png = [("file", ("a.png", _png(16, 16)))]
+    assert _post(server, shop["cnn"], None, files=png).status_code == 401
+    assert _post(server, shop["cnn"], "nc_x_y", files=png).status_code == 401
+    tenant("outsiders", cpus=1)
+    other = server.client().users.add("out@example.com", ["outsiders"])
+    try:
+        assert _post(server, shop["cnn"], other["token"], files=png).status_code == 404
+        theirs = server.client(token=other["token"], tenant="outsiders")
+        with pytest.raises(NotFound):
+            theirs.models.deploy(shop["cnn"])
+    finally:
+        server.client().users.remove("out@example.com")
+    client: Client = shop["client"]
+    # A model that has no deployment: 409 saying so, from the fallback route.
+    never = client.models.train(
+        "never",
+        "mlp.yaml",
+        (ROOT / "examples/mlp.yaml").read_text(),
+        shop["images"],
+        epochs=1,
+    )
+    client.models.stop(never["id"])  # stopped while queued or early: maybe no weights
+    reply = _post(server, never["id"], shop["token"], files=png)
+    assert reply.status_code == 409 and "not deployed" in reply.json()["message"]
+    with pytest.raises(Conflict):
+        client.models.undeploy(never["id"])
+
+
+def test_deploy_refusals(server: Server, shop: dict[str, Any]) -> None:
+    client: Client = shop["client"]
+    with pytest.raises(Conflict, match="already"):
+        client.models.deploy(shop["cnn"])
+    with pytest.raises(InvalidInput):
+        client.models.deploy(shop["cnn"], replicas=0)
+    queued = client.models.train(
+        "no-weights", "mlp.yaml", (ROOT / "examples/mlp.yaml").read_text(), shop["images"], epochs=1
+    )
+    client.models.stop(queued["id"])  # both bundles are serving: it never left the queue
+    assert client.models.show(queued["id"])["status"] == "Stopped"
+    with pytest.raises(Conflict, match=r"not trained|no checkpoint|no weights"):
+        client.models.deploy(queued["id"])
+
+
+def test_revoked_deployment_token_is_401_and_undeploy_frees_the_bundle(
+    server: Server, shop: dict[str, Any]
+) -> None:
+    client: Client = shop["client"]
+    png = [("file", ("a.png", _png(16, 16)))]
+    token = shop["feature_dep"]["token"]
+    x = json.dumps([0.0] * 64)
+    assert _post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 200
+    server.cli("model", "token-revoke", str(shop["mlp"]), token=shop["token"], tenant="shop")
+    assert _post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 401
+    # The deployment token is scoped to its own model.
+    assert _post(server, shop["cnn"], token, files=png).status_code == 401
+    client.models.undeploy(shop["mlp"])
+    wait_for(
+        lambda: client.models.deployment(shop["mlp"])["status"] == "Undeployed", 120, "Undeployed"
+    )
+    reply = _post(server, shop["mlp"], shop["token"], files=[("file", ("x.json", x))])
+    assert reply.status_code == 409
+    assert len(client.resources.list()["training_bundles"]) == 1  # the image deployment's
+    with pytest.raises(QuotaExceeded, match="1 of 2 worker slot"):
+        client.models.deploy(shop["mlp"], replicas=2)

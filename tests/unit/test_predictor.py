@@ -1,0 +1,104 @@
+"""A trained model loaded for prediction (jobs.predictor), without Ray or Serve."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from examples.digits import make_digits
+from jobs import checkpoints
+from jobs.ingest import ingest_local
+from jobs.manifest import read_manifest
+from jobs.predictor import Predictor, read_meta
+from jobs.trainer import TrainConfig, train
+from ncloud.errors import Conflict, InvalidInput
+from tests.unit.test_trainer import MLP, Recorder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("predict")
+    make_digits(root / "files", size=8, holdout=10)
+    ingest_local(read_manifest(str(root / "files" / "train.tsv")), str(root / "train"), 1 << 20)
+    run = root / "run"
+    cfg = TrainConfig(
+        spec_name="mlp.yaml",
+        spec_text=MLP,
+        train_url=str(root / "train"),
+        epochs=4,
+        batch_size=64,
+        run_url=str(run),
+    )
+    train(cfg, Recorder())
+    return {"root": root, "run": str(run)}
+
+
+def _png(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def test_top_k_is_sorted_labelled_and_mostly_right(trained: dict[str, Any]) -> None:
+    p = Predictor(trained["run"], "mlp.yaml", MLP)
+    files = trained["root"] / "files"
+    rows = [line.split("\t") for line in (files / "holdout.tsv").read_text().splitlines()[1:]]
+    decoded = [p.decode(name, (files / name).read_bytes()) for name, _ in rows]
+    tops = p.top_k(p.probabilities(decoded), 3)
+    assert all(len(t) == 3 for t in tops)
+    for top in tops:
+        probs = [e["probability"] for e in top]
+        assert probs == sorted(probs, reverse=True) and all(e["label"] for e in top)
+    right = sum(top[0]["label"] == label for top, (_, label) in zip(tops, rows, strict=True))
+    assert right >= 7
+    assert p.clamp_k(50) == 10
+
+
+def test_other_sizes_and_colours_are_fitted_to_training_shape(trained: dict[str, Any]) -> None:
+    p = Predictor(trained["run"], "mlp.yaml", MLP)
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(out, "PNG")
+    x = p.decode("big.png", out.getvalue())
+    assert x.shape == (8, 8, 1) and x.dtype.name == "uint8"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        ("a.png", b"", "empty"),
+        ("a.png", b"not an image", "a.png"),
+        ("a.png", b"\x89PNG\r\n\x1a\n\x00\x00", "a.png"),
+    ],
+)
+def test_bad_inputs_name_the_input(
+    trained: dict[str, Any], name: str, data: bytes, match: str
+) -> None:
+    p = Predictor(trained["run"], "mlp.yaml", MLP)
+    with pytest.raises(InvalidInput, match=match):
+        p.decode(name, data)
+    with pytest.raises(InvalidInput, match="k must be at least 1"):
+        p.clamp_k(0)
+
+
+def test_a_named_checkpoint_and_a_model_that_never_trained(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    first = checkpoints.list_checkpoints(trained["run"])[0]["epoch"]
+    p = Predictor(trained["run"], "mlp.yaml", MLP, checkpoint=first)
+    assert p.checkpoint == first
+    assert read_meta(trained["run"])["classes"][0] == "eight"
+    with pytest.raises(Conflict, match="not trained"):
+        Predictor(str(tmp_path), "mlp.yaml", MLP)
+
+
+def test_raw_outputs_are_probabilities(trained: dict[str, Any]) -> None:
+    p = Predictor(trained["run"], "mlp.yaml", MLP)
+    files = trained["root"] / "files"
+    x = p.decode("h.png", (files / "holdout" / "0000.png").read_bytes())
+    probs = p.probabilities([x])
+    assert probs.shape == (1, 10) and torch.allclose(probs.sum(1), torch.ones(1))
+    assert json.dumps(p.top_k(probs, 1))
