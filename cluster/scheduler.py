@@ -50,6 +50,7 @@ class Scheduler:
         self.store, self.db_url = store, db_url
         self.active: dict[int, Active] = {}
         self.pool: dict[tuple[str, int], Any] = {}
+        self.models: dict[int, models.Model] = {}
         self.lock = threading.RLock()
         self.wake = threading.Event()
         self.recovered = self._recover()
@@ -160,7 +161,7 @@ class Scheduler:
         busy = deployments.bundles_in_use(self.store, tenant)
         requests = []
         for run in waiting:
-            model = models.get(self.store, tenant, run.model_id)
+            model = self._model(tenant, run.model_id)
             requests.append(queue.Request(run.id, model.options.workers, model.options.gpus))
         decided = queue.admit(bundles, busy, requests)
         for run in waiting:
@@ -172,6 +173,12 @@ class Scheduler:
                 self._launch(moved, chosen, resume=run.attempt > 1)
             elif decided.waiting.get(run.id) != run.reason:
                 models.update_run(self.store, run.id, reason=decided.waiting.get(run.id))
+
+    def _model(self, tenant: str, model_id: int) -> models.Model:
+        """Models never change once stored, so the queue reads each one once."""
+        if model_id not in self.models:
+            self.models[model_id] = models.get(self.store, tenant, model_id)
+        return self.models[model_id]
 
     # -- launching -----------------------------------------------------------------------
 

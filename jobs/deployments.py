@@ -141,8 +141,13 @@ def get(store: Store, tenant: str, model_id: int) -> Deployment:
 
 
 def begin(
-    store: Store, tenant: str, model_id: int, replicas: int, gpus: int,
-    checkpoint: int | None, placement: list[int],
+    store: Store,
+    tenant: str,
+    model_id: int,
+    replicas: int,
+    gpus: int,
+    checkpoint: int | None,
+    placement: list[int],
 ) -> tuple[Deployment, str]:
     """Record a new deployment (Deploying) with a fresh token; returns it and the token."""
     current = find(store, tenant, model_id)
@@ -193,9 +198,7 @@ def holding(store: Store, tenant: str) -> list[Deployment]:
     """The tenant's deployments that hold bundles of its reservation."""
     tenant_id = accounts.get_tenant(store, tenant).id
     with store.read() as conn:
-        rows = conn.execute(
-            select(deployments).where(deployments.c.tenant_id == tenant_id)
-        ).all()
+        rows = conn.execute(select(deployments).where(deployments.c.tenant_id == tenant_id)).all()
     return [d for d in (_deployment(tenant, r) for r in rows) if d.status.holds_bundles()]
 
 
@@ -245,7 +248,6 @@ def ensure_missing(store: Store, tenant: str, model_id: int) -> None:
     found = find(store, tenant, model_id)
     if found is not None and found.status is not DeploymentStatus.UNDEPLOYED:
         raise Conflict(f"model {model_id} is {found.status.value}: undeploy it first")
-
 
 
 def bundles_in_use(store: Store, tenant: str) -> set[int]:

@@ -395,6 +395,12 @@ def runs_in(store: Store, statuses: set[RunStatus]) -> list[Run]:
     return [_run(r._mapping["tenant_name"], r) for r in rows]
 
 
+def queue_positions(store: Store, tenant: str) -> dict[int, int]:
+    """model id -> 1-based place in the tenant's queue, for its queued runs."""
+    queued = [r for r in runs_in(store, {RunStatus.QUEUED}) if r.tenant == tenant]
+    return {r.model_id: i for i, r in enumerate(queued, start=1)}
+
+
 def move(store: Store, run_id: int, to: RunStatus, note: str = "", **values: Any) -> Run:
     """Change a run's status (checked against TRANSITIONS) and other columns in one write."""
     with store.write() as conn:

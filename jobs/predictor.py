@@ -55,8 +55,13 @@ def read_meta(model_url: str) -> dict[str, Any]:
 
 class Predictor:
     def __init__(
-        self, model_url: str, spec_name: str, spec_text: str, checkpoint: int | None = None,
-        device: str = "cpu", max_pixels: int = 89_478_485,
+        self,
+        model_url: str,
+        spec_name: str,
+        spec_text: str,
+        checkpoint: int | None = None,
+        device: str = "cpu",
+        max_pixels: int = 89_478_485,
     ) -> None:
         self.meta = read_meta(model_url)
         state, self.checkpoint = weights_for(model_url, checkpoint)

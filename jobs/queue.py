@@ -57,7 +57,7 @@ def admit(bundles: Sequence[Bundle], busy: set[int], queue: Sequence[Request]) -
     out = Admission()
     taken = set(busy)
     blocked_by: int | None = None
-    for position, req in enumerate(queue, start=1):
+    for req in queue:
         if blocked_by is None:
             chosen = pick(bundles, taken, req.workers, req.gpus)
             if chosen is not None:
@@ -67,10 +67,11 @@ def admit(bundles: Sequence[Bundle], busy: set[int], queue: Sequence[Request]) -
             blocked_by = req.run_id
             free = len([i for i in range(len(bundles)) if i not in taken])
             out.waiting[req.run_id] = (
-                f"position 1: needs {req.workers} free worker slot(s)"
+                f"needs {req.workers} free worker slot(s)"
                 + (f" with {req.gpus} GPU(s)" if req.gpus else "")
-                + f", {free} of {len(bundles)} free"
+                + f"; {free} of {len(bundles)} free"
             )
             continue
-        out.waiting[req.run_id] = f"position {position - len(out.started)}: behind run {blocked_by}"
+        # The same words however the queue moves, so a long queue costs no writes per tick.
+        out.waiting[req.run_id] = "behind earlier runs in the tenant's queue"
     return out

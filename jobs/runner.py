@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ from typing import Any
 
 from cluster import accounts
 from cluster.store import open_store
-from jobs import linked, metrics, models, storage, volumes
+from jobs import forking, linked, metrics, models, storage, volumes
 from jobs.models import RunStatus
 from ncloud.errors import NcloudError
 from ncloud.settings import settings
@@ -73,18 +72,13 @@ class TrainWorker:
         self.memory_limit = memory_limit
         self.launches: dict[str, Launch] = {}
         self.lock = threading.Lock()
-        self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(
-            ["torch", "jobs.preload", "jobs.trainer", "jobs.worker_child"]
-        )
+        self.ctx = forking.context(["torch", "jobs.preload", "jobs.trainer", "jobs.worker_child"])
         # Start the fork server now, off the launch path: importing torch takes seconds.
         threading.Thread(target=self._warm, daemon=True).start()
 
     def _warm(self) -> None:
         with contextlib.suppress(Exception):
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()
+            forking.warm()
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "node": socket.gethostname(), "gpus": _gpu_ids()}
@@ -189,7 +183,7 @@ class TrainWorker:
         proc = self.ctx.Process(
             target=worker_child.main, args=(cfg, send, data_dir), name=f"ncloud-{launch.key}"
         )
-        proc.start()
+        forking.start(proc)
         send.close()
         pid = launch.pid = int(proc.pid or 0)
         if launch.stop_asked:

@@ -123,11 +123,18 @@ def check_layer(name: str, index: int, entry: Any, line: int | None) -> None:
     """Raise InvalidInput unless entry is a {type, config} mapping naming a known layer."""
     kind = entry.get("type") if isinstance(entry, dict) else None
     if not isinstance(entry, dict) or not set(entry) <= {"type", "config"} or kind is None:
-        raise layer_error(index, None, line, name, "each layer must be a mapping like "
-                          f"{{type: Linear, config: {{out_features: 64}}}}, not {entry!r}")
+        raise layer_error(
+            index,
+            None,
+            line,
+            name,
+            "each layer must be a mapping like "
+            f"{{type: Linear, config: {{out_features: 64}}}}, not {entry!r}",
+        )
     if kind not in LAYERS:
-        raise layer_error(index, str(kind), line, name,
-                          f"unknown layer type; known: {', '.join(LAYERS)}")
+        raise layer_error(
+            index, str(kind), line, name, f"unknown layer type; known: {', '.join(LAYERS)}"
+        )
     if not isinstance(entry.get("config") or {}, dict):
         raise layer_error(index, kind, line, name, "config must be a mapping of arguments")
 

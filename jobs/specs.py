@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import json
-import multiprocessing
 import sys
 import types
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ import torch
 import yaml
 from torch import nn
 
+from jobs import forking
 from jobs import spec_layers as sl
 from jobs.transforms import build_transform
 from ncloud.errors import ERRORS_BY_CODE, InvalidInput, NcloudError
@@ -55,8 +55,9 @@ def parse_spec(name: str, text: str) -> Spec:
     """Validate a spec file without running any of it."""
     if name.endswith((".yaml", ".yml")):
         data, _ = _load_yaml(name, text)
-        return Spec(name, text, "yaml", data.get("epochs"), data.get("batch_size"),
-                    data.get("transform"))
+        return Spec(
+            name, text, "yaml", data.get("epochs"), data.get("batch_size"), data.get("transform")
+        )
     if name.endswith(".py"):
         return _parse_py(name, text)
     raise InvalidInput(f"model spec {name!r} must be a .yaml, .yml or .py file")
@@ -85,23 +86,32 @@ def _load_yaml(name: str, text: str) -> tuple[dict[str, Any], list[int | None]]:
 
     unknown = sorted(set(map(str, data)) - sl.TOP_KEYS)
     if unknown:
-        raise InvalidInput(f"{at(unknown[0])}: unknown key {unknown[0]!r}; "
-                           f"allowed: {', '.join(sorted(sl.TOP_KEYS))}")
+        raise InvalidInput(
+            f"{at(unknown[0])}: unknown key {unknown[0]!r}; "
+            f"allowed: {', '.join(sorted(sl.TOP_KEYS))}"
+        )
     for key in ("epochs", "batch_size"):
         value = data.get(key)
         if value is not None and (type(value) is not int or value < 1):
             raise InvalidInput(f"{at(key)}: {key} must be a whole number >= 1, not {value!r}")
     layers = data.get("layers")
     if not isinstance(layers, list) or not layers:
-        raise InvalidInput(f"{at('layers')}: 'layers' must be a non-empty list of "
-                           "{type, config} mappings")
+        raise InvalidInput(
+            f"{at('layers')}: 'layers' must be a non-empty list of {{type, config}} mappings"
+        )
     node = keys["layers"]
-    lines = [n.start_mark.line + 1 for n in node.value] if isinstance(node, yaml.SequenceNode) \
+    lines = (
+        [n.start_mark.line + 1 for n in node.value]
+        if isinstance(node, yaml.SequenceNode)
         else [None] * len(layers)
+    )
     for i, entry in enumerate(layers):
         sl.check_layer(name, i + 1, entry, lines[i])
-    for key, known in (("cost", sl.COSTS), ("optimizer", sl.OPTIMIZERS),
-                       ("schedule", sl.SCHEDULES)):
+    for key, known in (
+        ("cost", sl.COSTS),
+        ("optimizer", sl.OPTIMIZERS),
+        ("schedule", sl.SCHEDULES),
+    ):
         if data.get(key) is not None:
             _at(at(key), sl.typed, data[key], key, known, None)
     if data.get("transform") is not None:
@@ -139,8 +149,10 @@ def _parse_py(name: str, text: str) -> Spec:
             try:
                 constants[target.id] = ast.literal_eval(value)
             except ValueError as exc:
-                raise InvalidInput(f"{name} line {stmt.lineno}: {target.id} must be a "
-                                   "literal (a number, or a dict of literals)") from exc
+                raise InvalidInput(
+                    f"{name} line {stmt.lineno}: {target.id} must be a "
+                    "literal (a number, or a dict of literals)"
+                ) from exc
     for key in ("EPOCHS", "BATCH_SIZE"):
         value = constants.get(key)
         if value is not None and (type(value) is not int or value < 1):
@@ -161,8 +173,11 @@ def build(spec: Spec, num_classes: int, input_shape: tuple[int, ...]) -> Built:
         raise InvalidInput(f"num_classes must be a whole number >= 1, not {num_classes!r}")
     if not input_shape or any(type(d) is not int or d < 1 for d in input_shape):
         raise InvalidInput(f"input_shape must be positive whole numbers, not {input_shape!r}")
-    built = _build_yaml(spec, num_classes, input_shape) if spec.kind == "yaml" \
+    built = (
+        _build_yaml(spec, num_classes, input_shape)
+        if spec.kind == "yaml"
         else _build_py(spec, num_classes, tuple(input_shape))
+    )
     built.model.train()
     return built
 
@@ -173,8 +188,9 @@ def _build_yaml(spec: Spec, num_classes: int, input_shape: Sequence[int]) -> Bui
     ends = data["layers"][-1]["type"] == "Softmax"
     optimizer = _at(spec.name, sl.build_optimizer, data.get("optimizer"), model.parameters())
     schedule = _at(spec.name, sl.build_schedule, data.get("schedule"), optimizer, spec.epochs)
-    return Built(model, optimizer, _at(spec.name, sl.build_cost, data.get("cost"), ends),
-                 schedule, ends)
+    return Built(
+        model, optimizer, _at(spec.name, sl.build_cost, data.get("cost"), ends), schedule, ends
+    )
 
 
 def _user(name: str, what: str, call: Callable[[], T]) -> T:
@@ -201,8 +217,9 @@ def _build_py(spec: Spec, num_classes: int, input_shape: tuple[int, ...]) -> Bui
         raise InvalidInput(f"{spec.name} defines no model(num_classes, input_shape) function")
     model = _user(spec.name, "model()", lambda: make(num_classes, input_shape))
     if not isinstance(model, nn.Module):
-        raise InvalidInput(f"{spec.name}: model() returned {type(model).__name__}, "
-                           "not a torch.nn.Module")
+        raise InvalidInput(
+            f"{spec.name}: model() returned {type(model).__name__}, not a torch.nn.Module"
+        )
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         _forward(spec.name, model.eval(), input_shape)  # materialise Lazy* before the optimizer
     hooks = {k: getattr(module, k, None) for k in ("optimizer", "loss", "scheduler")}
@@ -250,8 +267,10 @@ def check(spec: Spec, num_classes: int, input_shape: tuple[int, ...]) -> dict[st
         layers = sum(1 for m in model.modules() if not list(m.children()))
     model.train()
     if not isinstance(x, torch.Tensor):
-        raise InvalidInput(f"{spec.name}: the network returned {type(x).__name__}, "
-                           f"not a tensor of shape [2, {num_classes}]")
+        raise InvalidInput(
+            f"{spec.name}: the network returned {type(x).__name__}, "
+            f"not a tensor of shape [2, {num_classes}]"
+        )
     if list(x.shape) != [2, num_classes]:
         raise InvalidInput(
             f"{spec.name}: the network's output has shape {list(x.shape)} but the dataset has "
@@ -263,17 +282,13 @@ def check(spec: Spec, num_classes: int, input_shape: tuple[int, ...]) -> dict[st
 
 def _checker() -> Any:
     """A fork server with torch and this module imported: a check forks in milliseconds."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "jobs.preload", "jobs.specs"])
-    return ctx
+    return forking.context(["torch", "jobs.preload", "jobs.specs"])
 
 
 def warm_checker() -> None:
     """Start the fork server now (off the request path: importing torch takes seconds)."""
-    from multiprocessing import forkserver
-
     _checker()
-    forkserver.ensure_running()
+    forking.warm()
 
 
 def check_in_subprocess(
@@ -282,12 +297,16 @@ def check_in_subprocess(
     """check(), in a child process for .py specs so user code never runs in the caller."""
     if spec.kind != "py":
         return check(spec, num_classes, input_shape)
-    request = {"name": spec.name, "text": spec.text, "num_classes": num_classes,
-               "input_shape": list(input_shape)}
+    request = {
+        "name": spec.name,
+        "text": spec.text,
+        "num_classes": num_classes,
+        "input_shape": list(input_shape),
+    }
     ctx = _checker()
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_check_child, args=(request, send), name="ncloud-spec-check")
-    proc.start()
+    forking.start(proc)
     send.close()
     try:
         if not recv.poll(timeout_s):

@@ -7,7 +7,6 @@ tenant, or the deployment's own token), decodes the inputs, and sends each one t
 should queue are answered 503 with Retry-After rather than left to time out.
 """
 
-
 import asyncio
 import logging
 from dataclasses import asdict, dataclass
@@ -171,4 +170,3 @@ async def _inputs(request: Request) -> list[tuple[str, bytes]]:
         raise InvalidInput("the request is empty: send -F file=@input.jpg")
     name = "input.json" if "json" in kind else request.query_params.get("name", "input")
     return [(name, body)]
-

@@ -48,8 +48,12 @@ class ResumeIn(BaseModel):
     checkpoint: int | None = None
 
 
-def describe(model: models.Model, run: models.Run) -> dict[str, Any]:
+def describe(
+    model: models.Model, run: models.Run, positions: dict[int, int] | None = None
+) -> dict[str, Any]:
     dep = deployments.find(store(), run.tenant, model.id)
+    if positions is None and run.status is RunStatus.QUEUED:
+        positions = models.queue_positions(store(), run.tenant)
     return {
         "id": model.id,
         "name": model.name,
@@ -60,6 +64,7 @@ def describe(model: models.Model, run: models.Run) -> dict[str, Any]:
         "epochs_done": run.epochs_done,
         "restarts": run.restarts,
         "max_restarts": run.max_restarts,
+        "position": (positions or {}).get(model.id) if run.status is RunStatus.QUEUED else None,
         "reason": run.reason if run.status is RunStatus.QUEUED else None,
         "progress": run.progress,
         "error": run.error,
@@ -92,7 +97,10 @@ def list_models(status: str | None = None, c: Caller = Depends(caller)) -> list[
     if status is not None and status not in groups:
         raise InvalidInput(f"status must be one of {sorted(groups)}, not {status!r}")
     found = models.list_models(store(), tenant)
-    return [describe(m, r) for m, r in found if status is None or r.status in groups[status]]
+    positions = models.queue_positions(store(), tenant)
+    return [
+        describe(m, r, positions) for m, r in found if status is None or r.status in groups[status]
+    ]
 
 
 @router.get("/models/{model_id}")

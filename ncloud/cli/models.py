@@ -17,7 +17,18 @@ from ncloud.render import Output, err, message, out, render
 
 app = typer.Typer(help="The tenant's models: train, watch, stop, resume.", no_args_is_help=True)
 
-COLUMNS = ["id", "name", "status", "epochs_done", "epochs", "workers", "gpus", "restarts", "reason"]
+COLUMNS = [
+    "id",
+    "name",
+    "status",
+    "epochs_done",
+    "epochs",
+    "workers",
+    "gpus",
+    "restarts",
+    "position",
+    "reason",
+]
 SHOW = [
     "id",
     "name",
@@ -36,7 +47,9 @@ SHOW = [
     "priority",
     "restarts",
     "max_restarts",
+    "position",
     "reason",
+    "deployment",
     "progress",
     "checkpoints",
     "error",
@@ -169,9 +182,7 @@ def show(
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     digits = {"samples_per_s": 0, "epoch_s": 2}
-    return {
-        k: round(v, digits.get(k, 4)) if isinstance(v, float) else v for k, v in row.items()
-    }
+    return {k: round(v, digits.get(k, 4)) if isinstance(v, float) else v for k, v in row.items()}
 
 
 def _all_lines(model_id: int) -> list[dict[str, Any]]:

@@ -242,7 +242,8 @@ def test_a_run_stopped_while_queued_cannot_resume(server: Server, lab: dict[str,
         found = wait_for(
             lambda: (m := client.models.show(queued["id"]))["reason"] and m, 60, "a reason"
         )
-        assert found["status"] == "Queued" and "position 1" in found["reason"]
+        assert found["status"] == "Queued" and found["position"] == 1
+        assert "needs 1 free worker slot" in found["reason"]
         assert client.models.stop(queued["id"])["status"] == "Stopped"
         with pytest.raises(Conflict, match="no checkpoint"):
             client.models.resume(queued["id"])
@@ -301,7 +302,7 @@ def test_the_queue_runs_in_priority_then_fifo_order(server: Server, lab: dict[st
     found = wait_for(
         lambda: (m := client.models.show(later[2]["id"]))["reason"] and m, 30, "a reason"
     )
-    assert "position 3" in found["reason"]
+    assert found["position"] == 3 and "behind earlier runs" in found["reason"]
     assert client.models.stop(blocker["id"])["status"] == "Stopped"
     ids = [m["id"] for m in later]
     for model_id in ids:

@@ -20,15 +20,14 @@ GPU = {"CPU": 2.0, "GPU": 1.0}
 def test_runs_start_in_order_while_they_fit() -> None:
     out = admit([CPU, CPU], set(), [Request(1, 1, 0), Request(2, 1, 0), Request(3, 1, 0)])
     assert out.started == {1: [0], 2: [1]}
-    assert out.waiting[3].startswith("position 1: needs 1 free worker slot(s), 0 of 2 free")
+    assert out.waiting[3] == "needs 1 free worker slot(s); 0 of 2 free"
 
 
 def test_a_run_that_does_not_fit_holds_back_the_ones_behind_it() -> None:
     out = admit([CPU, CPU], {0}, [Request(1, 2, 0), Request(2, 1, 0), Request(3, 1, 0)])
     assert out.started == {}
-    assert out.waiting[1].startswith("position 1")
-    assert out.waiting[2] == "position 2: behind run 1"
-    assert out.waiting[3] == "position 3: behind run 1"
+    assert out.waiting[1].startswith("needs 2 free worker slot(s)")
+    assert out.waiting[2] == out.waiting[3] == "behind earlier runs in the tenant's queue"
 
 
 def test_gpu_workers_take_gpu_bundles_and_cpu_workers_prefer_cpu_ones() -> None:
