@@ -155,6 +155,11 @@ class Predictor:
             for row_p, row_i in zip(values.tolist(), indexes.tolist(), strict=True)
         ]
 
+    def probe(self) -> None:
+        """One forward of an all-zero example of the training shape (a health check)."""
+        if self.dataset_shape is not None and self.kind == "image":
+            self.probabilities([np.zeros(self.dataset_shape, np.uint8)])
+
     def clamp_k(self, k: int) -> int:
         """k must be at least 1; above the number of classes it is clamped to it."""
         if k < 1:

@@ -100,7 +100,8 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
             return list(self.predictor.probabilities(inputs))
 
         def check_health(self) -> None:
-            self.predictor.model.training = False  # a replica whose model is gone fails here
+            """Serve restarts a replica whose network no longer answers a zero input."""
+            self.predictor.probe()
 
         @app.get("/")
         def info(self, request: Request) -> dict[str, Any]:

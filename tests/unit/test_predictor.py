@@ -101,4 +101,5 @@ def test_raw_outputs_are_probabilities(trained: dict[str, Any]) -> None:
     x = p.decode("h.png", (files / "holdout" / "0000.png").read_bytes())
     probs = p.probabilities([x])
     assert probs.shape == (1, 10) and torch.allclose(probs.sum(1), torch.ones(1))
+    p.probe()
     assert json.dumps(p.top_k(probs, 1))
