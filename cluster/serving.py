@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+import ray
 from ray import serve
 
 from cluster import accounts, reservations
@@ -24,6 +25,7 @@ from ncloud.errors import Conflict, QuotaExceeded
 
 log = logging.getLogger("ncloud.serving")
 DEPLOY_TIMEOUT_S = 300.0
+SERVE_CONTROLLER = "SERVE_CONTROLLER_ACTOR"
 
 
 def _env() -> dict[str, str]:
@@ -128,12 +130,30 @@ class Serving:
             deployments.move(self.store, tenant, dep.model_id, DeploymentStatus.UNDEPLOYED)
 
     def _recover(self) -> dict[str, list[int]]:
-        """Deploy again what should be up and is not; finish undeploys that were cut short."""
+        """After Serve is up, deploy again what should be up and is not (in the background)."""
+        wanted = deployments.all_in(
+            self.store,
+            {DeploymentStatus.DEPLOYING, DeploymentStatus.DEPLOYED, DeploymentStatus.UNDEPLOYING},
+        )
+        if wanted:
+            threading.Thread(target=self._recover_when_serving, daemon=True).start()
+        return {"checking": [d.model_id for d in wanted]}
+
+    def _recover_when_serving(self) -> None:
+        # The server starts Serve (with its HTTP options) after this controller: starting
+        # Serve from here first would race it, so wait for the API application.
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S * 2
+        apps: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(SERVE_CONTROLLER, namespace="serve")
+                apps = dict(serve.status().applications)
+                if str(getattr(apps.get("ncloud-api"), "status", "")).endswith("RUNNING"):
+                    break
+            except Exception:
+                pass
+            time.sleep(1.0)
         redeployed, finished = [], []
-        try:
-            apps = serve.status().applications
-        except Exception:
-            apps = {}
         for dep in deployments.all_in(
             self.store, {DeploymentStatus.DEPLOYING, DeploymentStatus.DEPLOYED}
         ):
@@ -145,4 +165,4 @@ class Serving:
         for dep in deployments.all_in(self.store, {DeploymentStatus.UNDEPLOYING}):
             threading.Thread(target=self._finish_undeploy, args=(dep,), daemon=True).start()
             finished.append(dep.model_id)
-        return {"redeployed": redeployed, "undeployed": finished}
+        log.info("deployments recovered: redeployed %s, undeployed %s", redeployed, finished)

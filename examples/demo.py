@@ -34,8 +34,9 @@ class Shell:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("NCLOUD_")}
         self.env.update({"NCLOUD_HOME": str(home), "NCLOUD_RC": str(home / "ncloudrc")})
 
-    def run(self, *args: str, show: bool = True) -> str:
-        print(f"\n$ ncloud {shlex.join(args)}", flush=True)
+    def run(self, *args: str, show: bool = True, quiet: bool = False) -> str:
+        if not quiet:
+            print(f"\n$ ncloud {shlex.join(args)}", flush=True)
         proc = subprocess.run(
             [sys.executable, "-m", "ncloud.cli.main", *args],
             env=self.env,
@@ -50,8 +51,8 @@ class Shell:
             raise SystemExit(f"demo failed: `ncloud {shlex.join(args)}` exited {proc.returncode}")
         return proc.stdout
 
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "-o", "json", show=False))
+    def json(self, *args: str, quiet: bool = False) -> Any:
+        return json.loads(self.run(*args, "-o", "json", show=False, quiet=quiet))
 
 
 def main() -> None:
@@ -159,8 +160,8 @@ def main() -> None:
         print("\nthe deployment comes back with the server: predicting again")
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            mine = next(m for m in sh.json("model", "ls") if m["id"] == model["id"])
-            if mine["deployment"] == "Deployed":
+            mine = next(m for m in sh.json("model", "ls", quiet=True) if m["id"] == model["id"])
+            if mine["deployment"] in ("Deployed", "Failed"):
                 break
             time.sleep(2)
         sh.run("model", "predict", model_id, str(holdout[0]), "-k", "3")
