@@ -236,11 +236,13 @@ def test_stop_then_resume_continues_the_metrics(server: Server, lab: dict[str, A
 
 def test_a_run_stopped_while_queued_cannot_resume(server: Server, lab: dict[str, Any]) -> None:
     client = as_user(server, lab)
-    blocker = submit(client, lab, "blocker", slow_py(sleep=0.05), epochs=20, workers=2)
+    # Long enough to outlast a slow start of the pool workers on a busy machine.
+    blocker = submit(client, lab, "blocker", slow_py(sleep=0.05), epochs=500, workers=2)
+    until(client, blocker["id"], {"Starting", "Running"})
     queued = submit(client, lab, "waiter", slow_py(), epochs=1)
     try:
         found = wait_for(
-            lambda: (m := client.models.show(queued["id"]))["reason"] and m, 60, "a reason"
+            lambda: (m := client.models.show(queued["id"]))["reason"] and m, 120, "a reason"
         )
         assert found["status"] == "Queued" and found["position"] == 1
         assert "needs 1 free worker slot" in found["reason"]
