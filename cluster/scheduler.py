@@ -50,7 +50,6 @@ class Scheduler:
         self.store, self.db_url = store, db_url
         self.active: dict[int, Active] = {}
         self.pool: dict[tuple[str, int], Any] = {}
-        self.models: dict[int, models.Model] = {}
         self.lock = threading.RLock()
         self.wake = threading.Event()
         self.recovered = self._recover()
@@ -159,10 +158,11 @@ class Scheduler:
         t = accounts.get_tenant(self.store, tenant)
         bundles = reservations.bundles_for(Resources(t.cpus, t.gpus, t.memory))
         busy = deployments.bundles_in_use(self.store, tenant)
-        requests = []
-        for run in waiting:
-            model = self._model(tenant, run.model_id)
-            requests.append(queue.Request(run.id, model.options.workers, model.options.gpus))
+        options = models.options_of(self.store, [run.model_id for run in waiting])
+        requests = [
+            queue.Request(run.id, options[run.model_id].workers, options[run.model_id].gpus)
+            for run in waiting
+        ]
         decided = queue.admit(bundles, busy, requests)
         for run in waiting:
             if run.id in decided.started:
@@ -173,12 +173,6 @@ class Scheduler:
                 self._launch(moved, chosen, resume=run.attempt > 1)
             elif decided.waiting.get(run.id) != run.reason:
                 models.update_run(self.store, run.id, reason=decided.waiting.get(run.id))
-
-    def _model(self, tenant: str, model_id: int) -> models.Model:
-        """Models never change once stored, so the queue reads each one once."""
-        if model_id not in self.models:
-            self.models[model_id] = models.get(self.store, tenant, model_id)
-        return self.models[model_id]
 
     # -- launching -----------------------------------------------------------------------
 

@@ -395,6 +395,15 @@ def runs_in(store: Store, statuses: set[RunStatus]) -> list[Run]:
     return [_run(r._mapping["tenant_name"], r) for r in rows]
 
 
+def options_of(store: Store, model_ids: list[int]) -> dict[int, TrainOptions]:
+    """The training options of many models in one query (the queue reads them every tick)."""
+    with store.read() as conn:
+        rows = conn.execute(
+            select(models.c.id, models.c.options).where(models.c.id.in_(model_ids))
+        ).all()
+    return {int(r[0]): TrainOptions(**json.loads(r[1])) for r in rows}
+
+
 def queue_positions(store: Store, tenant: str) -> dict[int, int]:
     """model id -> 1-based place in the tenant's queue, for its queued runs."""
     queued = [r for r in runs_in(store, {RunStatus.QUEUED}) if r.tenant == tenant]
