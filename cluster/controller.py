@@ -159,17 +159,6 @@ class Controller:
     def undeploy_model(self, tenant: str, model_id: int) -> dict[str, Any]:
         return _reply(lambda: self.serving.undeploy(tenant, model_id))
 
-    def worker_pids(self, model_id: int) -> dict[str, Any]:
-        """The training processes of a model's current launch (tests use it to kill one)."""
-        import ray
-
-        active = next(
-            (a for a in self.scheduler.active.values() if a.key.startswith(f"m{model_id}-")), None
-        )
-        if active is None:
-            return {"ok": []}
-        return {"ok": [ray.get(a.child_pid.remote(active.key), timeout=30) for a in active.actors]}
-
     # -- reservations -------------------------------------------------------------------
 
     def _reserved_by_others(self, exclude: str | None) -> Resources:
