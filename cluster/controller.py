@@ -152,9 +152,20 @@ class Controller:
         return _reply(run)
 
     def deploy_model(
-        self, tenant: str, model_id: int, replicas: int, gpus: int, checkpoint: int | None
+        self,
+        tenant: str,
+        model_id: int,
+        replicas: int,
+        gpus: int,
+        checkpoint: int | None,
+        batching: dict[str, Any],
     ) -> dict[str, Any]:
-        return _reply(lambda: self.serving.deploy(tenant, model_id, replicas, gpus, checkpoint))
+        from jobs.deployments import Batching
+
+        options = Batching(**batching)
+        return _reply(
+            lambda: self.serving.deploy(tenant, model_id, replicas, gpus, checkpoint, options)
+        )
 
     def undeploy_model(self, tenant: str, model_id: int) -> dict[str, Any]:
         return _reply(lambda: self.serving.undeploy(tenant, model_id))

@@ -41,7 +41,13 @@ class Serving:
         self.recovered = self._recover()
 
     def deploy(
-        self, tenant: str, model_id: int, replicas: int, gpus: int, checkpoint: int | None
+        self,
+        tenant: str,
+        model_id: int,
+        replicas: int,
+        gpus: int,
+        checkpoint: int | None,
+        batching: deployments.Batching,
     ) -> dict[str, Any]:
         model = models.get(self.store, tenant, model_id)
         current = deployments.find(self.store, tenant, model_id)
@@ -67,7 +73,7 @@ class Serving:
                     + (f" with {gpus} GPU(s) each" if gpus else "")
                 )
             dep, token = deployments.begin(
-                self.store, tenant, model_id, replicas, gpus, checkpoint, chosen
+                self.store, tenant, model_id, replicas, gpus, checkpoint, chosen, batching
             )
         self._start(dep)
         return {**dep.as_json(), "token": token}
@@ -79,7 +85,17 @@ class Serving:
         from serve.deployments import ServeConfig, model_application
 
         try:
-            cfg = ServeConfig(dep.model_id, dep.tenant, self.db_url, dep.checkpoint, dep.gpus)
+            b = dep.batching
+            cfg = ServeConfig(
+                dep.model_id,
+                dep.tenant,
+                self.db_url,
+                dep.checkpoint,
+                dep.gpus,
+                max_batch=b.max_batch,
+                batch_wait_s=b.batch_wait_ms / 1000,
+                max_queue=b.max_queue,
+            )
             app = model_application(cfg, dep.replicas, _env())
             serve.run(
                 app, name=dep.app_name, route_prefix=deployments.route(dep.model_id), blocking=False

@@ -21,7 +21,9 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
 
@@ -30,7 +32,7 @@ from ncloud.errors import SchemaMismatch
 metadata = MetaData()
 
 # Bump when a table changes; add the step that brings version N-1 up to N in MIGRATIONS.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 schema_table = Table(
     "ncloud_schema",
@@ -44,12 +46,23 @@ def _create_missing_tables(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+def _add_deployment_batching(conn: Connection) -> None:
+    """Deployments keep their batching options (max batch, batch wait, queue limit)."""
+    _create_missing_tables(conn)  # a new store already has the column
+    found = inspect(conn)
+    if found.has_table("deployments") and "batching" not in {
+        c["name"] for c in found.get_columns("deployments")
+    }:
+        conn.execute(text("ALTER TABLE deployments ADD COLUMN batching TEXT"))
+
+
 # version -> the step that upgrades a store at version-1 to version.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create_missing_tables,
     2: _create_missing_tables,  # datasets and volumes
     3: _create_missing_tables,  # models, runs, epoch metrics, log lines
     4: _create_missing_tables,  # deployments, batch predictions
+    5: _add_deployment_batching,
 }
 
 

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -59,12 +59,27 @@ deployments = Table(
     Column("checkpoint", Integer),
     Column("placement", Text),  # JSON: the bundle of each replica
     Column("token_hash", String(64)),
+    Column("batching", Text),  # JSON: Batching
     Column("error", Text),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
 )
 if deployments not in accounts.TENANT_OWNED:
     accounts.TENANT_OWNED.insert(0, deployments)  # before the models they point at
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a replica batches: inputs per forward, how long a batch waits to fill, and how
+    many inputs may wait in one replica before new requests are answered 503."""
+
+    max_batch: int = 32
+    batch_wait_ms: float = 5.0
+    max_queue: int = 256
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Batching:
+        return cls(**json.loads(text)) if text else cls()
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,7 @@ class Deployment:
     has_token: bool
     error: str | None
     updated_at: dt.datetime
+    batching: Batching = Batching()
 
     @property
     def app_name(self) -> str:
@@ -91,6 +107,7 @@ class Deployment:
             "replicas": self.replicas,
             "gpus": self.gpus,
             "checkpoint": self.checkpoint,
+            **asdict(self.batching),
             "route": route(self.model_id),
             "token_active": self.has_token,
             "error": self.error,
@@ -123,6 +140,7 @@ def _deployment(tenant: str, row: Any) -> Deployment:
         m["token_hash"] is not None,
         m["error"],
         m["updated_at"],
+        Batching.from_json(m["batching"]),
     )
 
 
@@ -148,6 +166,7 @@ def begin(
     gpus: int,
     checkpoint: int | None,
     placement: list[int],
+    batching: Batching,
 ) -> tuple[Deployment, str]:
     """Record a new deployment (Deploying) with a fresh token; returns it and the token."""
     current = find(store, tenant, model_id)
@@ -163,6 +182,7 @@ def begin(
         "checkpoint": checkpoint,
         "placement": json.dumps(placement),
         "token_hash": _hash(secret),
+        "batching": json.dumps(asdict(batching)),
         "error": None,
         "updated_at": utcnow(),
     }
@@ -200,6 +220,18 @@ def holding(store: Store, tenant: str) -> list[Deployment]:
     with store.read() as conn:
         rows = conn.execute(select(deployments).where(deployments.c.tenant_id == tenant_id)).all()
     return [d for d in (_deployment(tenant, r) for r in rows) if d.status.holds_bundles()]
+
+
+def states(store: Store, tenant: str) -> dict[int, DeploymentStatus]:
+    """Each of the tenant's deployed (or once deployed) models' status, in one query."""
+    tenant_id = accounts.get_tenant(store, tenant).id
+    with store.read() as conn:
+        rows = conn.execute(
+            select(deployments.c.model_id, deployments.c.status).where(
+                deployments.c.tenant_id == tenant_id
+            )
+        ).all()
+    return {int(r[0]): DeploymentStatus(r[1]) for r in rows}
 
 
 def all_in(store: Store, statuses: set[DeploymentStatus]) -> list[Deployment]:

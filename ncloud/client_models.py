@@ -58,9 +58,15 @@ class Models:
         return self._c.stream_download(f"/models/{model_id}/results/{quote(name)}", dest)
 
     def deploy(
-        self, model_id: int, replicas: int = 1, gpus: int = 0, checkpoint: int | None = None
+        self,
+        model_id: int,
+        replicas: int = 1,
+        gpus: int = 0,
+        checkpoint: int | None = None,
+        **batching: float,
     ) -> Any:
-        body = {"replicas": replicas, "gpus": gpus, "checkpoint": checkpoint}
+        """Deploy; `batching` takes max_batch, batch_wait_ms and max_queue (server defaults)."""
+        body = {"replicas": replicas, "gpus": gpus, "checkpoint": checkpoint, **batching}
         return self._c.request("POST", f"/models/{model_id}/deploy", json=body)
 
     def undeploy(self, model_id: int) -> Any:

@@ -29,6 +29,11 @@ class DeployIn(BaseModel):
     replicas: int = Field(1, ge=1, le=64)
     gpus: int = Field(0, ge=0, le=8)
     checkpoint: int | None = Field(None, ge=0)
+    max_batch: int = Field(32, ge=1, le=1024, description="inputs per forward")
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill")
+    max_queue: int = Field(
+        256, ge=1, le=100_000, description="inputs waiting in a replica before 503"
+    )
 
 
 def _with_url(request: Request, found: dict[str, Any]) -> dict[str, Any]:
@@ -42,8 +47,9 @@ def deploy(
 ) -> dict[str, Any]:
     tenant = c.require_tenant()
     models.get(store(), tenant, model_id)
+    batching = body.model_dump(include={"max_batch", "batch_wait_ms", "max_queue"})
     found = control().call(
-        "deploy_model", tenant, model_id, body.replicas, body.gpus, body.checkpoint
+        "deploy_model", tenant, model_id, body.replicas, body.gpus, body.checkpoint, batching
     )
     return _with_url(request, found)
 

@@ -8,7 +8,9 @@ should queue are answered 503 with Retry-After rather than left to time out.
 """
 
 import asyncio
+import hashlib
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,13 +18,20 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from starlette.datastructures import UploadFile
 
 from cluster import accounts
 from cluster.store import open_store
 from jobs import deployments, models
 from jobs.predictor import DEFAULT_K, Predictor
-from ncloud.errors import InvalidInput, NotFound, Unauthenticated, Unavailable
+from ncloud.errors import (
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    Unavailable,
+)
 from serve.errors import install_error_handlers
 from serve.limits import BodySizeLimit
 
@@ -43,6 +52,36 @@ class ServeConfig:
     max_queue: int = 256  # inputs waiting in one replica before new requests get 503
     max_body: int = 1 << 20
     max_file: int = 64 << 20
+    auth_ttl_s: float = 1.0  # a revoked token stops working within this long
+
+
+class AuthCache:
+    """Authorization headers that passed the check in the last `ttl_s` seconds.
+
+    Checking a token is a database read; under load every request would pay for one. Only
+    successes are kept (as hashes), so a bad token is refused on every request, and a revoked
+    one is refused at most `ttl_s` after the revocation.
+    """
+
+    def __init__(self, ttl_s: float, size: int = 1024) -> None:
+        self.ttl_s, self.size = ttl_s, size
+        self._until: dict[bytes, float] = {}
+
+    @staticmethod
+    def _key(header: str) -> bytes:
+        return hashlib.sha256(header.encode()).digest()
+
+    def fresh(self, header: str) -> bool:
+        until = self._until.get(self._key(header))
+        return until is not None and time.monotonic() < until
+
+    def remember(self, header: str) -> None:
+        if len(self._until) >= self.size:
+            now = time.monotonic()
+            self._until = {k: t for k, t in self._until.items() if t > now}
+            if len(self._until) >= self.size:
+                self._until.clear()
+        self._until[self._key(header)] = time.monotonic() + self.ttl_s
 
 
 def _authorize(store: Any, cfg: ServeConfig, request: Request) -> None:
@@ -76,6 +115,9 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
         # The tenant's reservation already holds the CPUs; the replica takes none on top.
         ray_actor_options={"num_cpus": 0, "num_gpus": cfg.gpus, "runtime_env": {"env_vars": env}},
         max_ongoing_requests=cfg.max_queue,
+        # Past that, the proxy holds as many more, then answers 503 too instead of queueing on.
+        max_queued_requests=cfg.max_queue,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
         health_check_period_s=5,
         health_check_timeout_s=30,
     )
@@ -92,7 +134,9 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
             )
             self._forward.set_max_batch_size(self.cfg.max_batch)  # type: ignore[attr-defined]
             self._forward.set_batch_wait_timeout_s(self.cfg.batch_wait_s)  # type: ignore[attr-defined]
-            self.waiting = 0
+            self.waiting = 0  # decoded inputs not yet answered
+            self.active = 0  # requests in the handler
+            self.auth = AuthCache(self.cfg.auth_ttl_s)
             log.info("model %s serving on %s", self.cfg.model_id, device)
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
@@ -119,17 +163,31 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
 
         @app.post("/predict")
         async def predict(self, request: Request, k: int = DEFAULT_K, raw: bool = False) -> Any:
-            await asyncio.to_thread(_authorize, self.store, self.cfg, request)
+            self.active += 1  # counted from arrival: a request still reading its body counts
+            try:
+                return await self._predict(request, k, raw)
+            finally:
+                self.active -= 1
+
+        async def _predict(self, request: Request, k: int, raw: bool) -> Any:
+            header = request.headers.get("authorization", "")
+            if not self.auth.fresh(header):
+                await asyncio.to_thread(_authorize, self.store, self.cfg, request)
+                self.auth.remember(header)
             k = self.predictor.clamp_k(k)
             named = await _inputs(request)
+            if len(named) > self.cfg.max_queue:
+                raise PayloadTooLarge(
+                    f"{len(named)} inputs in one request; this deployment takes at most "
+                    f"{self.cfg.max_queue} (its --max-queue)"
+                )
             if self.waiting + len(named) > self.cfg.max_queue:
                 busy = Unavailable("this deployment is busy: retry in a second")
                 return JSONResponse(busy.to_body(), status_code=503, headers={"Retry-After": "1"})
             decoded = [self.predictor.decode(name, data) for name, data in named]
-            alone = self.waiting == 0
             self.waiting += len(decoded)
             try:
-                if alone:  # nothing to batch with: no batch wait, one forward for this request
+                if self.active == 1:  # nothing to batch with: one forward now, no batch wait
                     probs = list(self.predictor.probabilities(decoded))
                 else:
                     probs = await asyncio.gather(*[self._forward(x) for x in decoded])

@@ -24,12 +24,25 @@ def deploy(
     replicas: Annotated[int, typer.Option("--replicas", help="Serve replicas.")] = 1,
     gpus: Annotated[int, typer.Option("--gpus", "-g", help="GPUs per replica.")] = 0,
     checkpoint: Annotated[int | None, typer.Option("--checkpoint", help="Epoch to serve.")] = None,
+    max_batch: Annotated[
+        int | None, typer.Option("--max-batch", help="Inputs per forward (default 32).")
+    ] = None,
+    batch_wait_ms: Annotated[
+        float | None,
+        typer.Option("--batch-wait-ms", help="How long a batch waits to fill (default 5)."),
+    ] = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option("--max-queue", help="Inputs waiting per replica before 503 (default 256)."),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until Deployed.")] = True,
     output: OutputOpt = Output.table,
 ) -> None:
     """Serve a trained model over HTTP; prints its URL and a deployment token (shown once)."""
     models = common.client().models
-    found = models.deploy(model_id, replicas, gpus, checkpoint)
+    batching = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "max_queue": max_queue}
+    chosen = {k: v for k, v in batching.items() if v is not None}
+    found = models.deploy(model_id, replicas, gpus, checkpoint, **chosen)
     token = found.pop("token")
     if wait:
         deadline = time.monotonic() + DEPLOY_WAIT_S

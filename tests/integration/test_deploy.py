@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import socket
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +265,14 @@ def test_deploy_refusals(server: Server, shop: dict[str, Any]) -> None:
         client.models.deploy(shop["cnn"])
     with pytest.raises(InvalidInput):
         client.models.deploy(shop["cnn"], replicas=0)
+    for bad in ({"max_batch": 0}, {"batch_wait_ms": -1}, {"max_queue": 0}, {"max_batch": 5000}):
+        with pytest.raises(InvalidInput):
+            client.models.deploy(shop["cnn"], **bad)
+    refused = server.cli(
+        "model", "deploy", str(shop["cnn"]), "--max-queue", "0", token=shop["token"],
+        tenant="shop", check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "max_queue" in refused.stderr
     queued = client.models.train(
         "no-weights", "mlp.yaml", (ROOT / "examples/mlp.yaml").read_text(), shop["images"], epochs=1
     )
@@ -281,6 +291,15 @@ def test_revoked_deployment_token_is_401_and_undeploy_frees_the_bundle(
     x = json.dumps([0.0] * 64)
     assert _post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 200
     server.cli("model", "token-revoke", str(shop["mlp"]), token=shop["token"], tenant="shop")
+    # A replica trusts a token it checked for up to a second (serve/deployments.py AuthCache).
+    wait_for(
+        lambda: (
+            _post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 401
+        ),
+        10,
+        "the revoked token to be refused",
+    )
+    time.sleep(1.5)  # past the cache: still refused, it did not come back
     assert _post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 401
     # The deployment token is scoped to its own model.
     assert _post(server, shop["cnn"], token, files=png).status_code == 401
@@ -293,3 +312,31 @@ def test_revoked_deployment_token_is_401_and_undeploy_frees_the_bundle(
     assert len(client.resources.list()["training_bundles"]) == 1  # the image deployment's
     with pytest.raises(QuotaExceeded, match="1 of 2 worker slot"):
         client.models.deploy(shop["mlp"], replicas=2)
+
+
+def test_a_full_replica_answers_503_with_retry_after_and_recovers(
+    server: Server, shop: dict[str, Any]
+) -> None:
+    """A queue of 3 inputs and a batch that waits a second to fill: a flood overflows it."""
+    client: Client = shop["client"]
+    mlp = shop["mlp"]
+    if client.models.deployment(mlp)["status"] != "Undeployed":
+        client.models.undeploy(mlp)
+        wait_for(lambda: client.models.deployment(mlp)["status"] == "Undeployed", 120, "Undeployed")
+    dep = _deployed(client, mlp, max_queue=3, max_batch=64, batch_wait_ms=1000)
+    assert (dep["max_queue"], dep["max_batch"], dep["batch_wait_ms"]) == (3, 64, 1000)
+    two = [("file", (f"x{i}.json", json.dumps([0.0] * 64))) for i in range(2)]
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda _: _post(server, mlp, shop["token"], files=two), range(12)))
+    codes = sorted(r.status_code for r in replies)
+    assert set(codes) <= {200, 503}, [(r.status_code, r.text[:200]) for r in replies]
+    assert 200 in codes and 503 in codes, codes
+    for r in replies:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1"
+    busy = [r.json() for r in replies if r.status_code == 503 and r.text.startswith("{")]
+    assert all(b["code"] == "unavailable" and "busy" in b["message"] for b in busy)
+    four = [("file", (f"x{i}.json", json.dumps([0.0] * 64))) for i in range(4)]
+    too_many = _post(server, mlp, shop["token"], files=four)
+    assert too_many.status_code == 413 and "at most 3" in too_many.json()["message"]
+    assert _post(server, mlp, shop["token"], files=two).status_code == 200

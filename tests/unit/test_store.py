@@ -55,3 +55,19 @@ def test_older_store_says_run_server_start_and_migrates(store: store_mod.Store) 
 def test_empty_database_is_created(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'deep' / 'new.db'}"
     assert open_store(url, migrate=True).version() == SCHEMA_VERSION
+
+
+def test_a_version_4_store_gains_the_deployments_batching_column(
+    store: store_mod.Store,
+) -> None:
+    from jobs import deployments
+
+    with store.write() as conn:
+        conn.execute(text("ALTER TABLE deployments DROP COLUMN batching"))
+    _set_version(store, 4)
+    upgraded = open_store(store.url, migrate=True)
+    assert upgraded.version() == SCHEMA_VERSION
+    with upgraded.read() as conn:
+        columns = {c[1] for c in conn.execute(text("PRAGMA table_info(deployments)"))}
+    assert "batching" in columns
+    assert deployments.Batching.from_json(None) == deployments.Batching()
