@@ -1,7 +1,7 @@
 """Batch predictions' side of the controller: each Queued batch runs in a background thread.
 
 The thread drives the batch's Ray tasks (jobs/batch_runner.py) and records the outcome in
-the store. When the helper is first made in a controller process, batches that a previous
+the store. The controller makes its helper when it starts: batches that a previous
 controller left Queued or Running are started again from the beginning.
 """
 

@@ -51,6 +51,11 @@ class Controller:
         from cluster.serving import Serving
 
         self.serving = Serving(self.store, db_url)
+        from cluster import batching
+
+        # Made now, not on the first batch: batches a previous controller left Queued or
+        # Running start again with this one.
+        self.batching = batching.helper(self.store)
 
     # -- reconciliation -----------------------------------------------------------------
 
@@ -120,9 +125,7 @@ class Controller:
 
     def start_batch(self, tenant: str, batch_id: int) -> dict[str, Any]:
         """Predict a Queued batch in a background thread (see cluster/batching.py)."""
-        from cluster import batching
-
-        return _reply(lambda: batching.helper(self.store).start(tenant, batch_id))
+        return _reply(lambda: self.batching.start(tenant, batch_id))
 
     def ping(self) -> dict[str, Any]:
         return {
@@ -130,6 +133,7 @@ class Controller:
                 "reconciled": self.reconciled,
                 "runs": self.scheduler.recovered,
                 "deployments": self.serving.recovered,
+                "batches": self.batching.resumed,
             }
         }
 

@@ -121,6 +121,20 @@ def upload_dataset(server: Server, manifest: Path, name: str, token: str, tenant
     return int(json.loads(out.stdout)["id"])
 
 
+def kill_controller(server: Server) -> None:
+    """SIGKILL the control plane's controller actor (Ray starts it again)."""
+    import signal
+
+    from ray.util.state import list_actors
+
+    alive = list_actors(
+        address=server.dashboard_url,
+        filters=[("class_name", "=", "Controller"), ("state", "=", "ALIVE")],
+    )
+    assert len(alive) == 1, alive
+    os.kill(int(alive[0].pid), signal.SIGKILL)
+
+
 def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from examples.digits import make_digits
 from jobs.batch_results import read_csv
 from ncloud.client import Client
 from ncloud.errors import Conflict, InvalidInput, NotFound
-from tests.integration.conftest import Server, wait_for
+from tests.integration.conftest import Server, kill_controller, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = "batchers"
@@ -158,3 +158,28 @@ def test_bad_requests_write_nothing(
             outsider.batches.predict_dataset(bench["model"], bench["valid"])
     finally:
         server.client().users.remove("otto@example.com")
+
+
+def test_a_batch_a_dead_controller_left_queued_runs_on_the_next_one(
+    server: Server, bench: dict[str, Any]
+) -> None:
+    """The API recorded the batch, and the controller died before it started the batch."""
+    from cluster.store import open_store
+    from jobs import batches
+
+    client = as_user(server, bench)
+    rows = client.datasets.show(bench["valid"])["rows"]
+    store = open_store(f"sqlite:///{server.home / 'ncloud.db'}")
+    try:
+        left = batches.create(store, TENANT, bench["model"], 2, "jsonl", rows, bench["valid"])
+    finally:
+        store.dispose()
+    assert client.batches.show(left.id)["status"] == "Queued"  # nothing starts it here
+    kill_controller(server)
+    done = wait_for(
+        lambda: (b := client.batches.show(left.id))["status"] in ("Completed", "Failed") and b,
+        180,
+        "the next controller to run the batch",
+    )
+    assert done["status"] == "Completed", done["error"]
+    assert done["predicted"] == rows and done["bad_rows"] == 0

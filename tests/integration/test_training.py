@@ -17,7 +17,7 @@ import pytest
 from examples.digits import make_digits
 from ncloud.client import Client
 from ncloud.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
-from tests.integration.conftest import Server, upload_dataset, wait_for
+from tests.integration.conftest import Server, kill_controller, upload_dataset, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"Completed", "Failed", "Stopped"}
@@ -314,8 +314,6 @@ def test_the_queue_runs_in_priority_then_fifo_order(server: Server, lab: dict[st
 
 
 def test_sigkill_of_the_controller_loses_no_run(server: Server, lab: dict[str, Any]) -> None:
-    from ray.util.state import list_actors
-
     client = as_user(server, lab)
     running = submit(client, lab, "survivor", slow_py(sleep=0.05), epochs=15, workers=2)
     queued = client.models.train(
@@ -327,11 +325,7 @@ def test_sigkill_of_the_controller_loses_no_run(server: Server, lab: dict[str, A
     )
     wait_for(lambda: client.models.show(running["id"])["epochs_done"] >= 1, 120, "an epoch")
     assert client.models.show(queued["id"])["status"] == "Queued"
-    alive = list_actors(
-        address=server.dashboard_url,
-        filters=[("class_name", "=", "Controller"), ("state", "=", "ALIVE")],
-    )
-    os.kill(int(alive[0].pid), signal.SIGKILL)
+    kill_controller(server)
     for model_id in (running["id"], queued["id"]):
         assert until(client, model_id, TERMINAL, 300)["status"] == "Completed"
     assert client.models.show(running["id"])["epochs_done"] == 15
