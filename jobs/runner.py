@@ -134,10 +134,6 @@ class TrainWorker:
             launch.done.wait(30)
         return True
 
-    def child_pid(self, key: str) -> int | None:
-        launch = self.launches.get(key)
-        return launch.pid if launch is not None else None
-
     # -- one launch ----------------------------------------------------------------------
 
     def _run(self, launch: Launch, cfg: dict[str, Any]) -> None:

@@ -49,9 +49,16 @@ class ResumeIn(BaseModel):
 
 
 def describe(
-    model: models.Model, run: models.Run, positions: dict[int, int] | None = None
+    model: models.Model,
+    run: models.Run,
+    positions: dict[int, int] | None = None,
+    deployed: dict[int, deployments.DeploymentStatus] | None = None,
 ) -> dict[str, Any]:
-    dep = deployments.find(store(), run.tenant, model.id)
+    """A model and its latest run; a listing passes the queue positions and deployment states
+    it read once for all its models."""
+    if deployed is None:
+        deployed = deployments.states(store(), run.tenant)
+    dep = deployed.get(model.id)
     if positions is None and run.status is RunStatus.QUEUED:
         positions = models.queue_positions(store(), run.tenant)
     return {
@@ -68,7 +75,7 @@ def describe(
         "reason": run.reason if run.status is RunStatus.QUEUED else None,
         "progress": run.progress,
         "error": run.error,
-        "deployment": dep.status.value if dep else None,
+        "deployment": dep.value if dep else None,
         "train_dataset": model.train_dataset_id,
         "valid_dataset": model.valid_dataset_id,
         "volume": model.volume_id,
@@ -98,8 +105,11 @@ def list_models(status: str | None = None, c: Caller = Depends(caller)) -> list[
         raise InvalidInput(f"status must be one of {sorted(groups)}, not {status!r}")
     found = models.list_models(store(), tenant)
     positions = models.queue_positions(store(), tenant)
+    deployed = deployments.states(store(), tenant)
     return [
-        describe(m, r, positions) for m, r in found if status is None or r.status in groups[status]
+        describe(m, r, positions, deployed)
+        for m, r in found
+        if status is None or r.status in groups[status]
     ]
 
 
