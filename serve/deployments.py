@@ -3,41 +3,47 @@
 Each replica loads the run's weights and meta.json once (serving what training saw: the
 eval transform, the class names), authenticates every request (a token of the model's
 tenant, or the deployment's own token), decodes the inputs, and sends each one through a
-`@serve.batch` forward shared by all concurrent requests. More requests than the replica
-should queue are answered 503 with Retry-After rather than left to time out.
+`@serve.batch` forward shared by all concurrent requests; a request that finds the replica
+idle skips the batch wait. More inputs than the replica should hold are answered 503 with
+Retry-After rather than left to time out.
+
+The replica answers its two routes (GET / and POST /predict) itself, on plain Starlette
+requests: a FastAPI ingress cost a router, parameter validation and a JSON encoder on
+every request, which showed in throughput under load.
 """
 
+from __future__ import annotations
+
 import asyncio
-import hashlib
 import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.config import BackpressureConfig
-from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from cluster import accounts
 from cluster.store import open_store
-from jobs import deployments, models
-from jobs.predictor import DEFAULT_K, Predictor
-from ncloud.errors import (
-    InvalidInput,
-    NotFound,
-    PayloadTooLarge,
-    Unauthenticated,
-    Unavailable,
+from jobs import models
+from jobs.predictor import Predictor
+from ncloud.errors import NcloudError, NotFound, PayloadTooLarge, Unavailable
+from serve import limits
+from serve.model_requests import (
+    AuthCache,
+    authorize,
+    error_response,
+    query,
+    read_inputs,
+    relative_path,
 )
-from serve.errors import install_error_handlers
-from serve.limits import BodySizeLimit
 
-# No `from __future__ import annotations` here: FastAPI must see the real `Request` class on
-# the methods of a class-based Serve ingress to inject it.
 log = logging.getLogger("ncloud.deployment")
+
+
+class MethodNotAllowed(NcloudError):
+    code, http_status = "method_not_allowed", 405
 
 
 @dataclass(frozen=True)
@@ -50,65 +56,11 @@ class ServeConfig:
     max_batch: int = 32
     batch_wait_s: float = 0.005
     max_queue: int = 256  # inputs waiting in one replica before new requests get 503
-    max_body: int = 1 << 20
-    max_file: int = 64 << 20
+    max_body: int = 64 << 20  # a request's files together
     auth_ttl_s: float = 1.0  # a revoked token stops working within this long
 
 
-class AuthCache:
-    """Authorization headers that passed the check in the last `ttl_s` seconds.
-
-    Checking a token is a database read; under load every request would pay for one. Only
-    successes are kept (as hashes), so a bad token is refused on every request, and a revoked
-    one is refused at most `ttl_s` after the revocation.
-    """
-
-    def __init__(self, ttl_s: float, size: int = 1024) -> None:
-        self.ttl_s, self.size = ttl_s, size
-        self._until: dict[bytes, float] = {}
-
-    @staticmethod
-    def _key(header: str) -> bytes:
-        return hashlib.sha256(header.encode()).digest()
-
-    def fresh(self, header: str) -> bool:
-        until = self._until.get(self._key(header))
-        return until is not None and time.monotonic() < until
-
-    def remember(self, header: str) -> None:
-        if len(self._until) >= self.size:
-            now = time.monotonic()
-            self._until = {k: t for k, t in self._until.items() if t > now}
-            if len(self._until) >= self.size:
-                self._until.clear()
-        self._until[self._key(header)] = time.monotonic() + self.ttl_s
-
-
-def _authorize(store: Any, cfg: ServeConfig, request: Request) -> None:
-    """The model's tenant's user (or an admin), or this deployment's token; else 401/404."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if not header or scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("send 'Authorization: Bearer <token>' (a tenant or deployment token)")
-    if token.startswith("ncd_"):
-        deployments.check_token(store, cfg.model_id, token)
-        return
-    user = accounts.authenticate(store, token)
-    if cfg.tenant not in user.tenants and not user.is_admin:
-        raise NotFound(f"no model {cfg.model_id}")
-
-
-def _app(cfg: ServeConfig) -> FastAPI:
-    app = FastAPI(title=f"ncloud model {cfg.model_id}", docs_url=None, redoc_url=None)
-    install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_body=cfg.max_file, max_file=cfg.max_file)
-    return app
-
-
 def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> Any:
-    app = _app(cfg)
-
     @serve.deployment(
         name="model",
         num_replicas=replicas,
@@ -121,7 +73,6 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
         health_check_period_s=5,
         health_check_timeout_s=30,
     )
-    @serve.ingress(app)
     class ModelServer:
         def __init__(self, config: dict[str, Any]) -> None:
             self.cfg = ServeConfig(**config)
@@ -147,9 +98,33 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
             """Serve restarts a replica whose network no longer answers a zero input."""
             self.predictor.probe()
 
-        @app.get("/")
-        def info(self, request: Request) -> dict[str, Any]:
-            _authorize(self.store, self.cfg, request)
+        async def __call__(self, request: Request) -> Response:
+            self.active += 1  # counted from arrival: a request still reading its body counts
+            try:
+                path = relative_path(request)
+                if path == "/predict":
+                    if request.method != "POST":
+                        raise MethodNotAllowed("POST files to /predict")
+                    return await self._predict(request)
+                if path == "/":
+                    if request.method != "GET":
+                        raise MethodNotAllowed("GET / describes the model; POST to /predict")
+                    return JSONResponse(await self._info(request))
+                raise NotFound(f"no route {path} here: POST files to /predict")
+            except Exception as exc:
+                return error_response(exc)
+            finally:
+                self.active -= 1
+
+        async def _authorize(self, request: Request) -> None:
+            header = request.headers.get("authorization", "")
+            if not self.auth.fresh(header):
+                cfg = self.cfg
+                await asyncio.to_thread(authorize, self.store, cfg.tenant, cfg.model_id, request)
+                self.auth.remember(header)
+
+        async def _info(self, request: Request) -> dict[str, Any]:
+            await self._authorize(request)
             p = self.predictor
             return {
                 "model": self.cfg.model_id,
@@ -161,21 +136,19 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
                 "device": str(p.device),
             }
 
-        @app.post("/predict")
-        async def predict(self, request: Request, k: int = DEFAULT_K, raw: bool = False) -> Any:
-            self.active += 1  # counted from arrival: a request still reading its body counts
-            try:
-                return await self._predict(request, k, raw)
-            finally:
-                self.active -= 1
-
-        async def _predict(self, request: Request, k: int, raw: bool) -> Any:
-            header = request.headers.get("authorization", "")
-            if not self.auth.fresh(header):
-                await asyncio.to_thread(_authorize, self.store, self.cfg, request)
-                self.auth.remember(header)
+        async def _predict(self, request: Request) -> Response:
+            limit = self.cfg.max_body
+            declared = limits.declared_length(request.scope)
+            if declared is not None and declared > limit:
+                raise limits.too_large(limit)
+            await self._authorize(request)
+            k, raw = query(request)
             k = self.predictor.clamp_k(k)
-            named = await _inputs(request)
+            counted = Request(request.scope, limits.counting(request.receive, limit))
+            try:
+                named = await read_inputs(counted)
+            except limits.TooLarge:
+                raise limits.too_large(limit) from None
             if len(named) > self.cfg.max_queue:
                 raise PayloadTooLarge(
                     f"{len(named)} inputs in one request; this deployment takes at most "
@@ -189,43 +162,20 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
             try:
                 if self.active == 1:  # nothing to batch with: one forward now, no batch wait
                     probs = list(self.predictor.probabilities(decoded))
+                elif len(decoded) == 1:
+                    probs = [await self._forward(decoded[0])]
                 else:
                     probs = await asyncio.gather(*[self._forward(x) for x in decoded])
             finally:
                 self.waiting -= len(decoded)
             if raw:
-                return {
-                    "predictions": [
-                        {"input": n, "output": p.tolist(), "shape": list(p.shape)}
-                        for (n, _), p in zip(named, probs, strict=True)
-                    ]
-                }
+                outputs = [
+                    {"input": n, "output": p.tolist(), "shape": list(p.shape)}
+                    for (n, _), p in zip(named, probs, strict=True)
+                ]
+                return JSONResponse({"predictions": outputs})
             tops = self.predictor.top_k(torch.stack(probs), k)
-            return {
-                "model": self.cfg.model_id,
-                "k": k,
-                "predictions": [
-                    {"input": n, "top": top} for (n, _), top in zip(named, tops, strict=True)
-                ],
-            }
+            found = [{"input": n, "top": top} for (n, _), top in zip(named, tops, strict=True)]
+            return JSONResponse({"model": self.cfg.model_id, "k": k, "predictions": found})
 
     return ModelServer.bind(asdict(cfg))  # type: ignore[attr-defined]
-
-
-async def _inputs(request: Request) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every input: multipart files, or one raw body (a file or JSON)."""
-    kind = request.headers.get("content-type", "")
-    if kind.startswith("multipart/form-data"):
-        form = await request.form()
-        found = []
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                found.append((value.filename or key, await value.read()))
-        if not found:
-            raise InvalidInput("no files in the request: send -F file=@input.jpg")
-        return found
-    body = await request.body()
-    if not body:
-        raise InvalidInput("the request is empty: send -F file=@input.jpg")
-    name = "input.json" if "json" in kind else request.query_params.get("name", "input")
-    return [(name, body)]

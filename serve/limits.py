@@ -13,6 +13,39 @@ from ncloud.validation import format_size
 _FILE_TYPES = ("multipart/form-data", "application/octet-stream")
 
 
+def declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length, when it sent a valid one."""
+    for name, value in scope.get("headers") or []:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
+def counting(receive: Receive, limit: int) -> Receive:
+    """`receive` that raises TooLarge once the body passes `limit` bytes."""
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise TooLarge(limit)
+        return message
+
+    return counted
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is over the {format_size(limit)} limit")
+
+
 class BodySizeLimit:
     """JSON bodies are held to max_body bytes; file uploads to max_file bytes."""
 
@@ -29,35 +62,18 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self._limit(scope)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        declared = declared_length(scope)
+        if declared is not None and declared > limit:
             await _refuse(send, limit)
             return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge(limit)
-            return message
-
         try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
+            await self.app(scope, counting(receive, limit), send)
+        except TooLarge:
             await _refuse(send, limit)
-
-
-class _TooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    error = PayloadTooLarge(f"request body is over the {format_size(limit)} limit")
+    error = too_large(limit)
     body = json.dumps(error.to_body()).encode()
     start: dict[str, Any] = {
         "type": "http.response.start",

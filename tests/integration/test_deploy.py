@@ -193,6 +193,7 @@ def test_json_features_predict_and_wrong_length_is_422(
         ([("file", ("big.png", _png(12000, 9000)))], {}, 422, "pixel|bomb|limit"),
         ([("file", ("a.png", _png(16, 16)))], {"k": 0}, 422, "k must be at least 1"),
         ([("file", ("a.png", _png(16, 16)))], {"k": -3}, 422, "k must be at least 1"),
+        ([("file", ("a.png", _png(16, 16)))], {"k": "five"}, 422, "k must be an integer"),
         (None, {}, 422, "empty"),
     ],
 )
@@ -210,6 +211,19 @@ def test_bad_inputs_are_4xx_and_the_endpoint_stays_up(
     assert reply.status_code == status and re.search(match, reply.json()["message"])
     good = _post(server, shop["cnn"], shop["token"], files=[("file", ("ok.png", _png(16, 16)))])
     assert good.status_code == 200
+
+
+def test_routes_other_than_predict_and_info(server: Server, shop: dict[str, Any]) -> None:
+    headers = {"Authorization": f"Bearer {shop['token']}"}
+    base = _url(server, shop["cnn"]).removesuffix("/predict")
+    info = httpx.get(base, headers=headers, timeout=60)
+    assert info.status_code == 200 and info.json()["num_classes"] == 10
+    assert len(info.json()["classes"]) == 10 and "seven" in info.json()["classes"]
+    wrong = httpx.get(f"{base}/predict", headers=headers, timeout=60)
+    assert wrong.status_code == 405 and "POST" in wrong.json()["message"]
+    missing = httpx.post(f"{base}/nothing", headers=headers, timeout=60)
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    assert httpx.get(base, timeout=60).status_code == 401
 
 
 def test_a_body_over_the_limit_is_413_without_reading_it(

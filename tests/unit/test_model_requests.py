@@ -1,0 +1,129 @@
+"""A deployed model's request handling: the token cache, query parameters, paths, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from starlette.requests import Request
+
+from ncloud.errors import InvalidInput, NotFound
+from serve import model_requests
+from serve.model_requests import AuthCache, error_response, query, relative_path
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(model_requests.time, "monotonic", c)
+    return c
+
+
+def test_a_remembered_header_is_fresh_until_the_ttl_passes(clock: Clock) -> None:
+    cache = AuthCache(ttl_s=1.0)
+    assert not cache.fresh("Bearer a")
+    cache.remember("Bearer a")
+    assert cache.fresh("Bearer a")
+    assert not cache.fresh("Bearer b")
+    clock.now += 0.99
+    assert cache.fresh("Bearer a")
+    clock.now += 0.02
+    assert not cache.fresh("Bearer a")  # a revoked token is checked again, and refused
+
+
+def test_the_cache_stays_bounded_and_keeps_live_entries_when_it_can(clock: Clock) -> None:
+    cache = AuthCache(ttl_s=1.0, size=3)
+    cache.remember("old")
+    clock.now += 2
+    cache.remember("a")
+    cache.remember("b")
+    cache.remember("c")  # full: the expired entry goes, the live ones stay
+    assert all(cache.fresh(h) for h in ("a", "b", "c"))
+    cache.remember("d")  # full of live entries: start over rather than grow
+    assert cache.fresh("d") and not cache.fresh("a")
+
+
+def test_headers_are_kept_as_hashes_not_as_tokens(clock: Clock) -> None:
+    cache = AuthCache(ttl_s=1.0)
+    cache.remember("Bearer nc_secret")
+    assert all(b"nc_secret" not in key for key in cache._until)
+
+
+def _request(path: str, query_string: str = "", root: str = "/models/7") -> Request:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "root_path": root,
+        "query_string": query_string.encode(),
+        "headers": [],
+    }
+    return Request(scope)
+
+
+@pytest.mark.parametrize(
+    ("qs", "expected"),
+    [("", (5, False)), ("k=3", (3, False)), ("k=-2&raw=true", (-2, True)), ("raw=0", (5, False))],
+)
+def test_query_reads_k_and_raw(qs: str, expected: tuple[int, bool]) -> None:
+    assert query(_request("/models/7/predict", qs)) == expected
+
+
+@pytest.mark.parametrize(
+    ("qs", "match"), [("k=five", "k must be an integer"), ("raw=maybe", "raw")]
+)
+def test_a_bad_query_parameter_is_a_422_naming_it(qs: str, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        query(_request("/models/7/predict", qs))
+
+
+@pytest.mark.parametrize(
+    ("path", "root", "expected"),
+    [
+        ("/models/7/predict", "/models/7", "/predict"),
+        ("/models/7/predict/", "/models/7", "/predict"),
+        ("/models/7", "/models/7", "/"),
+        ("/models/7/", "/models/7", "/"),
+        ("/predict", "", "/predict"),
+    ],
+)
+def test_paths_are_read_under_the_deployment_route(path: str, root: str, expected: str) -> None:
+    assert relative_path(_request(path, root=root)) == expected
+
+
+def test_errors_are_code_and_message_and_bugs_do_not_leak_their_text() -> None:
+    found = error_response(NotFound("no model 7"))
+    assert found.status_code == 404
+    assert json.loads(bytes(found.body)) == {"code": "not_found", "message": "no model 7"}
+    bug = error_response(KeyError("secret detail"))
+    assert bug.status_code == 500 and b"secret detail" not in bytes(bug.body)
+
+
+def test_a_body_without_a_length_is_counted_and_stopped_past_the_limit() -> None:
+    from serve import limits
+
+    messages = [{"type": "http.request", "body": b"x" * 6, "more_body": True} for _ in range(2)]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def read_all() -> int:
+        counted = limits.counting(receive, 10)  # type: ignore[arg-type]
+        first = await counted()
+        assert first["body"] == b"x" * 6
+        await counted()
+        return 0
+
+    with pytest.raises(limits.TooLarge) as caught:
+        asyncio.run(read_all())
+    assert caught.value.limit == 10
+    assert limits.too_large(10).http_status == 413
