@@ -161,10 +161,18 @@ class Level:
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     elapsed: float = float("nan")
+    round_rps: list[float] = field(default_factory=list)  # each pooled round's requests/s
 
     @property
     def rps(self) -> float:
         return len(self.latencies) / self.elapsed if self.elapsed > 0 else float("nan")
+
+    def add(self, other: Level) -> None:
+        """Pool another run of the same target and level into this one."""
+        self.latencies += other.latencies
+        self.errors += other.errors
+        self.elapsed += other.elapsed
+        self.round_rps.append(other.rps)
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1e3 if self.latencies else float("nan")
@@ -324,6 +332,17 @@ def connect_ray(server: Server) -> Any:
     return ray
 
 
+def measure(
+    target: Target, inputs: list[Input], concurrency: int, args: argparse.Namespace
+) -> Level:
+    """A warm-up, then `args.requests` requests at this concurrency."""
+    warm = drive(target, inputs, concurrency, max(WARMUP, concurrency), args.budget)
+    if warm.errors:
+        print(f"warm-up {target.name} c={concurrency}: {len(warm.errors)} errors, "
+              f"first: {warm.errors[0]}", file=sys.stderr)  # fmt: skip
+    return drive(target, inputs, concurrency, args.requests, args.budget)
+
+
 def run(args: argparse.Namespace, data: Path, spec_text: str) -> tuple[list[Level], float, float]:
     levels: list[Level] = []
     with private_server(cpus=2, keep=args.keep) as server:
@@ -348,18 +367,20 @@ def run(args: argparse.Namespace, data: Path, spec_text: str) -> tuple[list[Leve
                 deployed.append(name)
             print(f"plain Serve peers up in {time.perf_counter() - started:.1f}s", flush=True)
             print(f"{len(inputs)} PNGs ({sum(i.expected is None for i in inputs)} near-ties "
-                  f"not checked); {args.requests} requests per level", flush=True)  # fmt: skip
+                  f"not checked); {args.requests} requests per target, level and round; "
+                  f"{args.rounds} rounds, pooled", flush=True)  # fmt: skip
             for concurrency in args.concurrency:
-                for target in targets:
-                    warm = drive(target, inputs, concurrency, max(WARMUP, concurrency), args.budget)
-                    if warm.errors:
-                        print(f"warm-up {target.name} c={concurrency}: {len(warm.errors)} errors, "
-                              f"first: {warm.errors[0]}", file=sys.stderr)  # fmt: skip
-                    level = drive(target, inputs, concurrency, args.requests, args.budget)
-                    levels.append(level)
-                    print(f"  {target.name:<16} c={concurrency:<3} {level.rps:8.1f} req/s  "
-                          f"p50 {level.pct(50):7.2f} ms  p99 {level.pct(99):7.2f} ms  "
-                          f"errors {len(level.errors)}", flush=True)  # fmt: skip
+                pooled = {t.name: Level(t.name, concurrency, elapsed=0.0) for t in targets}
+                for r in range(args.rounds):
+                    # Each round starts with another target, so none always goes first.
+                    for target in targets[r % len(targets) :] + targets[: r % len(targets)]:
+                        level = measure(target, inputs, concurrency, args)
+                        pooled[target.name].add(level)
+                        print(f"  round {r + 1}  {target.name:<16} c={concurrency:<3} "
+                              f"{level.rps:8.1f} req/s  p50 {level.pct(50):7.2f} ms  "
+                              f"p99 {level.pct(99):7.2f} ms  errors {len(level.errors)}",
+                              flush=True)  # fmt: skip
+                levels.extend(pooled.values())
         finally:
             for name in deployed:
                 try:
@@ -393,6 +414,8 @@ def report(levels: list[Level], floor1: float, floor32: float) -> int:
     top = max(lv.concurrency for lv in levels)
     ratio = by[("platform", top)].rps / by[("plain-batched", top)].rps
     note = "" if top == 32 else f" (the target is set at c=32; this run's highest is c={top})"
+    rounds = zip(by[("platform", top)].round_rps, by[("plain-batched", top)].round_rps, strict=True)
+    print(f"throughput at c={top}, each round: " + ", ".join(f"{p / q:.2f}" for p, q in rounds))
     print(
         f"throughput at c={top}: platform / plain-batched = {ratio:.2f} "
         f"(target >= {THROUGHPUT_TARGET:.1f}): {verdict(ratio >= THROUGHPUT_TARGET)}{note}"
@@ -418,6 +441,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400, help="requests per target and level")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per level, targets interleaved; pooled"
+    )
     parser.add_argument("--budget", type=float, default=300, help="seconds at most per level")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to train or deploy")
     parser.add_argument("--keep", action="store_true", help="keep the server's NCLOUD_HOME")
@@ -428,6 +454,8 @@ def main() -> None:
         parser.error(f"--concurrency must be whole numbers like 1,8,32, not {args.concurrency!r}")
     if not args.concurrency or min(args.concurrency) < 1 or max(args.concurrency) > 64:
         parser.error("--concurrency levels must be between 1 and 64")
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be between 1 and 20")
     if not 1 <= args.requests <= 10_000:
         parser.error("--requests must be between 1 and 10000")
     spec_text = SPEC.read_text()
