@@ -27,6 +27,7 @@ from ncloud.errors import Conflict, InvalidInput, NotFound
 Piece = tuple[int, int, int]  # (shard number in the index, first row, end row)
 NP_DTYPES = {"uint8": np.uint8, "utf8": np.uint8, "int16": np.int16, "float32": np.float32}
 _END = object()
+THREAD_PREFIX = "ncloud-loader-"  # the names of an iteration's two threads
 
 
 def rank_pieces(
@@ -225,10 +226,16 @@ class ShardLoader:
         done: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
         epoch = self.epoch
         threads = [
-            threading.Thread(target=_pump, args=(self._raw_batches(epoch), raw, stop), daemon=True),
+            threading.Thread(
+                target=_pump,
+                args=(self._raw_batches(epoch), raw, stop),
+                name=f"{THREAD_PREFIX}read",
+                daemon=True,
+            ),
             threading.Thread(
                 target=_pump,
                 args=(self._transformed(_drain(raw, stop), epoch), done, stop),
+                name=f"{THREAD_PREFIX}transform",
                 daemon=True,
             ),
         ]
