@@ -14,7 +14,10 @@ from ncloud.cli.models import app
 from ncloud.errors import InvalidInput, NcloudError
 from ncloud.render import Output, err, message, out, render
 
-DEPLOY_COLUMNS = ["model", "status", "replicas", "gpus", "checkpoint", "url", "error"]
+DEPLOY_COLUMNS = [
+    "model", "status", "replicas", "gpus", "checkpoint", "max_batch", "batch_wait_ms",
+    "max_queue", "url", "error",
+]  # fmt: skip
 DEPLOY_WAIT_S = 600.0
 
 
