@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import itertools
 import json
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,9 +16,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from jobs import checkpoints, storage
-from jobs.loader import NP_DTYPES, ShardLoader
-from jobs.shards import DatasetIndex
+from jobs.loader import ShardLoader
 from jobs.specs import build, parse_spec
+from jobs.train_data import Batch, StartedPass, input_shape, label_map, num_classes, on_device
 from jobs.transforms import ImageTransform
 from ncloud.errors import InvalidInput
 
@@ -31,7 +29,6 @@ BAR_WIDTH = 10
 # is kept in memory (on the device) after its first epoch and only reshuffled after that
 # (each rank keeps the share it streamed first).
 KEEP_BYTES = 256 << 20
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -101,98 +98,6 @@ def _check_config(cfg: TrainConfig) -> None:
         raise InvalidInput(f"{cfg.gpus} GPUs asked for, but this worker sees no CUDA device")
 
 
-def num_classes(index: DatasetIndex) -> int:
-    """The class count: the named classes, else the largest integer label + 1."""
-    unlabelled = index.class_counts.get(-1, 0)
-    if unlabelled:
-        raise InvalidInput(f"{unlabelled} rows of the dataset have no label; training needs one")
-    if index.classes is not None:
-        return len(index.classes)
-    labels = [k for k in index.class_counts if k >= 0]
-    if not labels:
-        raise InvalidInput("the training dataset has no labelled rows")
-    return max(labels) + 1
-
-
-def _label_map(train: DatasetIndex, valid: DatasetIndex, n: int) -> torch.Tensor | None:
-    """Validation label -> training label, when the two datasets name classes differently."""
-    if valid.kind != train.kind:
-        raise InvalidInput(f"the validation dataset holds {valid.kind}, not {train.kind}")
-    if valid.classes == train.classes:
-        if train.classes is None and valid.class_counts and max(valid.class_counts) >= n:
-            raise InvalidInput(f"validation label {max(valid.class_counts)} is not below {n}")
-        return None
-    if train.classes is None or valid.classes is None:
-        raise InvalidInput("one dataset has named classes and the other integer labels")
-    missing = sorted(set(valid.classes) - set(train.classes))
-    if missing:
-        raise InvalidInput(f"validation classes {missing[:5]} are not among the training classes")
-    return torch.tensor([train.classes.index(c) for c in valid.classes])
-
-
-def input_shape(loader: ShardLoader, transform: dict[str, Any] | None) -> tuple[int, ...]:
-    """The shape of one example as the loader hands it to the network (after its transform)."""
-    index = loader.index
-    if index.shape is not None:
-        zero = np.zeros((1, *index.shape), NP_DTYPES[index.dtype])
-        return tuple(loader.transform(zero, np.random.default_rng(0)).shape[1:])
-    for x, _ in ShardLoader(loader.ds_url, batch_size=1, transform=transform, prefetch=1):
-        return tuple(x.shape[1:])
-    raise InvalidInput(f"dataset {loader.ds_url} has no rows")
-
-
-def _on_device(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
-    """The batches on the device; on CUDA, batch i+1 is copied while batch i computes."""
-    if device.type != "cuda":
-        yield from batches
-        return
-    pending: Batch | None = None
-    for x, y in batches:
-        moved = (
-            x.pin_memory().to(device, non_blocking=True),
-            y.pin_memory().to(device, non_blocking=True),
-        )
-        if pending is not None:
-            yield pending
-        pending = moved
-    if pending is not None:
-        yield pending
-
-
-class _Started:
-    """A loader's pass begun in the background, so its first batch waits when it is asked for.
-
-    Starting a pass (threads, opening shards, filling the first window) takes milliseconds;
-    the trainer begins the next pass while the current one computes its last batches.
-    """
-
-    def __init__(self, loader: ShardLoader) -> None:
-        self.batches = iter(loader)
-        self.first: list[Batch] = []
-        self.error: list[BaseException] = []
-        self.thread = threading.Thread(target=self._begin, name="ncloud-prefetch", daemon=True)
-        self.thread.start()
-
-    def _begin(self) -> None:
-        try:
-            self.first.extend(itertools.islice(self.batches, 1))
-        except BaseException as exc:  # raised again in the consumer
-            self.error.append(exc)
-
-    def __iter__(self) -> Iterator[Batch]:
-        self.thread.join()
-        if self.error:
-            raise self.error[0]
-        yield from self.first
-        yield from self.batches
-
-    def close(self) -> None:
-        self.thread.join()
-        close = getattr(self.batches, "close", None)
-        if close is not None:
-            close()
-
-
 def _write(url: str, data: bytes) -> None:
     storage.write_stream(url, [data], checkpoints.NO_LIMIT)
 
@@ -230,7 +135,7 @@ class _Run:
         self.label_map: torch.Tensor | None = None
         if cfg.valid_url:
             self.valid_data = loader(cfg.valid_url, False, None)
-            lut = _label_map(self.train_data.index, self.valid_data.index, self.classes)
+            lut = label_map(self.train_data.index, self.valid_data.index, self.classes)
             self.label_map = lut.to(self.device) if lut is not None else None
         elif hold_out:
             self.valid_data = loader(cfg.train_url, False, (1.0 - hold_out, 1.0))
@@ -240,7 +145,7 @@ class _Run:
         self.optimizer, self.scheduler = built.optimizer, built.scheduler
         self.loss = built.loss.to(self.device) if isinstance(built.loss, nn.Module) else built.loss
         self.epochs_done, self.metrics = self._resume()
-        self.ahead: dict[str, _Started] = {}  # passes begun early: "train", "valid"
+        self.ahead: dict[str, StartedPass] = {}  # passes begun early: "train", "valid"
         self.kept: dict[str, Batch] = {}  # whole passes held in memory (see KEEP_BYTES)
         self.net: nn.Module = self.model
         if self.distributed:
@@ -308,7 +213,7 @@ class _Run:
 
     def _begin(self, name: str, loader: ShardLoader) -> None:
         if name not in self.ahead and name not in self.kept:
-            self.ahead[name] = _Started(loader)
+            self.ahead[name] = StartedPass(loader)
 
     def _begin_next_train(self, epoch: int) -> None:
         if epoch < self.cfg.epochs:
@@ -323,12 +228,12 @@ class _Run:
                 stale.close()
             yield from self._kept_batches(self.kept[name], loader.shuffle_seed, epoch)
             return
-        passing = self.ahead.pop(name, None) or _Started(loader)
+        passing = self.ahead.pop(name, None) or StartedPass(loader)
         t = loader.transform
         random = loader.train and isinstance(t, ImageTransform) and (t.crop or t.pad or t.flip)
         keep: list[Batch] | None = None if random else []
         size = 0
-        for x, y in _on_device(passing, self.device):
+        for x, y in on_device(passing, self.device):
             if keep is not None:
                 size += x.nbytes + y.nbytes
                 keep = keep if size <= KEEP_BYTES else None
