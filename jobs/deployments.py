@@ -244,21 +244,19 @@ def all_in(store: Store, statuses: set[DeploymentStatus]) -> list[Deployment]:
     return [_deployment(r._mapping["tenant_name"], r) for r in rows]
 
 
-def check_token(store: Store, model_id: int, token: str) -> bool:
-    """True for this deployment's own live token; Unauthenticated for a wrong or revoked one."""
+def check_token(store: Store, model_id: int, token: str) -> None:
+    """Passes for this deployment's own live token; Unauthenticated for anything else."""
     parts = token.split("_", 2)
-    if len(parts) != 3 or parts[0] != "ncd":
-        return False
+    if len(parts) != 3 or parts[0] != "ncd" or not parts[2]:
+        raise Unauthenticated("invalid or revoked deployment token")
     with store.read() as conn:
         row = conn.execute(
             select(deployments.c.token_hash).where(deployments.c.model_id == model_id)
         ).first()
     expected = row[0] if row is not None and row[0] else _hash("")
-    if parts[1] != str(model_id) or not hmac.compare_digest(expected, _hash(parts[2])):
+    matches = hmac.compare_digest(expected, _hash(parts[2]))  # compared even when revoked
+    if parts[1] != str(model_id) or not matches or row is None or row[0] is None:
         raise Unauthenticated("invalid or revoked deployment token")
-    if row is None or row[0] is None:
-        raise Unauthenticated("invalid or revoked deployment token")
-    return True
 
 
 def tenant_of(store: Store, model_id: int) -> str | None:

@@ -127,3 +127,12 @@ def test_a_body_without_a_length_is_counted_and_stopped_past_the_limit() -> None
         asyncio.run(read_all())
     assert caught.value.limit == 10
     assert limits.too_large(10).http_status == 413
+
+
+@pytest.mark.parametrize("token", ["ncd_", "ncd_x", "ncd_7", "ncd_7_", "ncd__s", "ncd_8_s"])
+def test_a_malformed_or_foreign_deployment_token_is_refused(store: object, token: str) -> None:
+    from jobs import deployments
+    from ncloud.errors import Unauthenticated
+
+    with pytest.raises(Unauthenticated, match="invalid or revoked deployment token"):
+        deployments.check_token(store, 7, token)  # type: ignore[arg-type]
