@@ -50,7 +50,7 @@ class Controller:
         self.scheduler = Scheduler(self.store, db_url)
         from cluster.serving import Serving
 
-        self.serving = Serving(self.store, db_url)
+        self.serving = Serving(self.store, db_url, self.scheduler.lock)
         from cluster import batching
 
         # Made now, not on the first batch: batches a previous controller left Queued or

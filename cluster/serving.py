@@ -35,9 +35,11 @@ def _env() -> dict[str, str]:
 
 
 class Serving:
-    def __init__(self, store: Store, db_url: str) -> None:
+    def __init__(self, store: Store, db_url: str, bundles_lock: threading.RLock) -> None:
+        """`bundles_lock` is the scheduler's: a deploy and an admission never pick the same
+        free bundle of a tenant at once (the controller serves several calls at a time)."""
         self.store, self.db_url = store, db_url
-        self.lock = threading.Lock()
+        self.lock = bundles_lock
         self.recovered = self._recover()
 
     def deploy(
