@@ -171,6 +171,12 @@ def test_predict_top5_with_labels_through_the_cli_and_curl(
         params={"raw": True},
     )
     assert raw.json()["predictions"][0]["shape"] == [10]
+    raw_cli = server.cli(
+        "model", "predict", str(shop["cnn"]), str(names[0]), "--raw", token=shop["token"],
+        tenant="shop",
+    )  # fmt: skip
+    output = json.loads(raw_cli.stdout)["predictions"][0]
+    assert output["shape"] == [10] and abs(sum(output["output"]) - 1) < 1e-4
 
 
 def test_json_features_predict_and_wrong_length_is_422(
@@ -248,6 +254,11 @@ def test_auth_not_deployed_and_other_tenants(
     png = [("file", ("a.png", _png(16, 16)))]
     assert _post(server, shop["cnn"], None, files=png).status_code == 401
     assert _post(server, shop["cnn"], "nc_x_y", files=png).status_code == 401
+    # Malformed deployment tokens: no secret, no model, nothing after the prefix.
+    cnn = shop["cnn"]
+    for bad in ("ncd_", "ncd_x", f"ncd_{cnn}", f"ncd_{cnn}_", "ncd__secret"):
+        assert _post(server, cnn, bad, files=png).status_code == 401, bad
+        assert _post(server, cnn, bad, files=png).status_code == 401, bad  # not cached either
     tenant("outsiders", cpus=1)
     other = server.client().users.add("out@example.com", ["outsiders"])
     try:
@@ -354,3 +365,38 @@ def test_a_full_replica_answers_503_with_retry_after_and_recovers(
     too_many = _post(server, mlp, shop["token"], files=four)
     assert too_many.status_code == 413 and "at most 3" in too_many.json()["message"]
     assert _post(server, mlp, shop["token"], files=two).status_code == 200
+
+
+def test_two_replicas_serving_an_earlier_checkpoint(server: Server, shop: dict[str, Any]) -> None:
+    """deploy --replicas 2 --checkpoint K through the CLI: both bundles, that epoch's weights."""
+    client: Client = shop["client"]
+    for model_id in (shop["cnn"], shop["mlp"]):
+        if client.models.deployment(model_id)["status"] != "Undeployed":
+            server.cli("model", "undeploy", str(model_id), token=shop["token"], tenant="shop")
+            wait_for(
+                lambda m=model_id: client.models.deployment(m)["status"] == "Undeployed",
+                120,
+                "Undeployed",
+            )
+    no_gpu = server.cli(
+        "model", "deploy", str(shop["mlp"]), "-g", "1", token=shop["token"], tenant="shop",
+        check=False,
+    )  # fmt: skip
+    assert no_gpu.returncode == 1 and "with 1 GPU(s) each" in no_gpu.stderr  # none reserved
+    kept = client.models.show(shop["cnn"])["checkpoints"]
+    earlier = min(kept)
+    assert earlier < max(kept)
+    out = server.cli(
+        "model", "deploy", str(shop["cnn"]), "--replicas", "2", "--checkpoint", str(earlier),
+        "-o", "json", token=shop["token"], tenant="shop", timeout=600,
+    )  # fmt: skip
+    found = json.loads(out.stdout)
+    assert (found["status"], found["replicas"], found["checkpoint"]) == ("Deployed", 2, earlier)
+    assert found["token"].startswith(f"ncd_{shop['cnn']}_")
+    assert len(client.resources.list()["training_bundles"]) == 2
+    headers = {"Authorization": f"Bearer {found['token']}"}
+    info = httpx.get(found["url"].removesuffix("/predict"), headers=headers, timeout=60)
+    assert info.json()["checkpoint"] == earlier
+    png = [("file", ("a.png", _png(16, 16)))]
+    for _ in range(4):
+        assert _post(server, shop["cnn"], found["token"], files=png).status_code == 200
