@@ -269,11 +269,6 @@ def tenant_of(store: Store, model_id: int) -> str | None:
     return str(row[0]) if row is not None else None
 
 
-def remove_row(store: Store, model_id: int) -> None:
-    with store.write() as conn:
-        conn.execute(delete(deployments).where(deployments.c.model_id == model_id))
-
-
 def ensure_missing(store: Store, tenant: str, model_id: int) -> None:
     found = find(store, tenant, model_id)
     if found is not None and found.status is not DeploymentStatus.UNDEPLOYED:

@@ -49,9 +49,6 @@ class RunStatus(StrEnum):
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
-    def is_active(self) -> bool:
-        return self in (RunStatus.STARTING, RunStatus.RUNNING)
-
 
 TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED}
 TRANSITIONS = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,12 +21,6 @@ from jobs.transforms import build_transform
 from ncloud.errors import Conflict, InvalidInput, ServerError
 
 DEFAULT_K = 5
-
-
-@dataclass(frozen=True)
-class Loaded:
-    checkpoint: int | None  # None: the final weights (model.pt)
-    meta: dict[str, Any]
 
 
 def weights_for(model_url: str, checkpoint: int | None) -> tuple[dict[str, Any], int | None]:

@@ -80,9 +80,6 @@ class TrainWorker:
         with contextlib.suppress(Exception):
             forking.warm()
 
-    def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "node": socket.gethostname(), "gpus": _gpu_ids()}
-
     def rendezvous(self) -> str:
         """A tcp:// address on this node for torch.distributed's rank 0."""
         import ray
@@ -269,11 +266,6 @@ def _epoch_line(m: dict[str, Any]) -> str:
     if m.get("samples_per_s") is not None:
         parts.append(f"{m['samples_per_s']:.0f} samples/s")
     return ", ".join(parts)
-
-
-def _gpu_ids() -> list[str]:
-    found = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    return [g for g in found.split(",") if g]
 
 
 def _pull_volume(store: Any, tenant: str, volume_id: int, into: str) -> None:

@@ -5,13 +5,12 @@ A YAML spec lists ``layers`` (see jobs/spec_layers.py) plus optional ``epochs``,
 A Python spec defines ``model(num_classes, input_shape) -> nn.Module`` and optionally
 ``optimizer(params)``, ``loss()``, ``scheduler(optimizer)`` and the constants ``EPOCHS``,
 ``BATCH_SIZE`` and ``TRANSFORM``. Parsing never runs user code; building does, so the API
-server checks .py specs with ``check_in_subprocess`` (``python -m jobs.specs``).
+server checks .py specs with ``check_in_subprocess`` (in a forked child).
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import sys
 import types
 from collections.abc import Callable, Sequence
@@ -345,16 +344,3 @@ def _check_request(request: dict[str, Any]) -> dict[str, Any]:
         return {"error": exc.code, "message": exc.message}
     except BaseException as exc:  # anything else user code manages to raise
         return {"error": InvalidInput.code, "message": f"{name}: {type(exc).__name__}: {exc}"}
-
-
-def main() -> None:
-    """Check a spec from the command line: a JSON request on stdin, one JSON line on stdout."""
-    out, sys.stdout = sys.stdout, sys.stderr
-    torch.set_num_threads(1)
-    reply = _check_request(json.load(sys.stdin))
-    out.write("\n" + json.dumps(reply) + "\n")
-    out.flush()
-
-
-if __name__ == "__main__":
-    main()
