@@ -89,6 +89,17 @@ def test_a_batch_over_a_dataset_predicts_every_row(
     accuracy = sum(r["top_labels"][0] == r["label"] for r in rows) / len(rows)
     assert accuracy > 0.8
     assert created["id"] in [b["id"] for b in client.batches.list()]
+    # The same through the CLI: batch predict --dataset, then batch show.
+    out = server.cli(
+        "batch", "predict", str(bench["model"]), "--dataset", str(bench["valid"]), "-k", "3",
+        "-o", "json", token=bench["token"], tenant=TENANT,
+    )  # fmt: skip
+    again = json.loads(out.stdout)
+    assert again["status"] == "Completed" and again["predicted"] == rows_in_dataset
+    shown = server.cli(
+        "batch", "show", str(again["id"]), "-o", "json", token=bench["token"], tenant=TENANT
+    )
+    assert json.loads(shown.stdout)["rows"] == rows_in_dataset
 
 
 def test_a_new_manifest_with_bad_rows_via_the_cli(
