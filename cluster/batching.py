@@ -17,8 +17,6 @@ from jobs.batches import BatchStatus
 from ncloud.errors import Conflict
 
 log = logging.getLogger("ncloud.batching")
-_helpers: dict[int, Batching] = {}
-_helpers_lock = threading.Lock()
 
 
 class Batching:
@@ -57,12 +55,3 @@ class Batching:
                 raise Conflict(f"batch prediction {batch_id} is {batch.status.value}, not Queued")
             self._launch(tenant, batch_id)
         return batch.as_json()
-
-
-def helper(store: Store) -> Batching:
-    """The one Batching of this store in this process, made on first use."""
-    with _helpers_lock:
-        found = _helpers.get(id(store))
-        if found is None:
-            found = _helpers[id(store)] = Batching(store)
-        return found

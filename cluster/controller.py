@@ -55,7 +55,7 @@ class Controller:
 
         # Made now, not on the first batch: batches a previous controller left Queued or
         # Running start again with this one.
-        self.batching = batching.helper(self.store)
+        self.batching = batching.Batching(self.store)
 
     # -- reconciliation -----------------------------------------------------------------
 

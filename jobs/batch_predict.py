@@ -26,7 +26,6 @@ from jobs.manifest import (
     Manifest,
     ManifestRow,
     is_int,
-    parse_manifest,
     quoted,
     resolve_path,
 )
@@ -50,8 +49,7 @@ class Job:
     k: int
     dataset_url: str | None = None  # an ingested dataset ...
     link_url: str | None = None  # ... or a linked one (ingested into the node cache) ...
-    manifest_url: str | None = None  # ... or a manifest uploaded with its files
-    inputs_url: str | None = None
+    manifest: Manifest | None = None  # ... or a manifest uploaded with its files (parsed once)
     max_file_bytes: int = 256 << 20
 
 
@@ -291,8 +289,8 @@ def predict_slice(job: Job, first: int, end: int | None) -> list[Row]:
     """One slice of a batch, from loading the model to its result rows (a Ray task runs it)."""
     torch.set_num_threads(1)
     p = Predictor(job.model_url, job.spec_name, job.spec_text, job.checkpoint)
-    if job.manifest_url is not None and job.inputs_url is not None:
-        m = parse_manifest(storage.read_bytes(job.manifest_url), job.inputs_url)
+    if job.manifest is not None:
+        m = job.manifest
         return predict_manifest(
             p, m, first, len(m.rows) if end is None else end, job.k, job.max_file_bytes
         )

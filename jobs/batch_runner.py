@@ -58,7 +58,7 @@ def plan(store: Store, batch: Batch) -> tuple[Job, list[Slice]]:
     )
     if batch.dataset_id is None:
         manifest = parse_manifest(storage.read_bytes(batch.manifest_url), batch.inputs_url)
-        job = dataclasses.replace(job, manifest_url=batch.manifest_url, inputs_url=batch.inputs_url)
+        job = dataclasses.replace(job, manifest=manifest)
         return job, list(batch_predict.row_slices(len(manifest.rows)))
     ds = datasets.get(store, batch.tenant, batch.dataset_id)
     if ds.link_url:  # its shards exist only in a node's cache: one task ingests and predicts

@@ -21,6 +21,7 @@ from serve.deps import caller, control, store
 from serve.errors import install_error_handlers
 
 router = APIRouter()
+DEFAULTS = deployments.Batching()
 
 
 class DeployIn(BaseModel):
@@ -29,10 +30,12 @@ class DeployIn(BaseModel):
     replicas: int = Field(1, ge=1, le=64)
     gpus: int = Field(0, ge=0, le=8)
     checkpoint: int | None = Field(None, ge=0)
-    max_batch: int = Field(32, ge=1, le=1024, description="inputs per forward")
-    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill")
+    max_batch: int = Field(DEFAULTS.max_batch, ge=1, le=1024, description="inputs per forward")
+    batch_wait_ms: float = Field(
+        DEFAULTS.batch_wait_ms, ge=0, le=1000, description="how long a batch waits to fill"
+    )
     max_queue: int = Field(
-        256, ge=1, le=100_000, description="inputs waiting in a replica before 503"
+        DEFAULTS.max_queue, ge=1, le=100_000, description="inputs waiting in a replica before 503"
     )
 
 

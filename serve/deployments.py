@@ -30,16 +30,12 @@ from jobs import models
 from jobs.predictor import Predictor
 from ncloud.errors import NcloudError, NotFound, PayloadTooLarge, Unavailable
 from serve import limits
-from serve.model_requests import (
-    AuthCache,
-    authorize,
-    error_response,
-    query,
-    read_inputs,
-    relative_path,
-)
+from serve.errors import error_response
+from serve.model_requests import AuthCache, authorize, query, read_inputs, relative_path
 
 log = logging.getLogger("ncloud.deployment")
+MAX_BODY = 64 << 20  # a request's files together
+AUTH_TTL_S = 1.0  # a revoked token stops working within this long
 
 
 class MethodNotAllowed(NcloudError):
@@ -53,11 +49,9 @@ class ServeConfig:
     db_url: str
     checkpoint: int | None
     gpus: int
-    max_batch: int = 32
-    batch_wait_s: float = 0.005
-    max_queue: int = 256  # inputs waiting in one replica before new requests get 503
-    max_body: int = 64 << 20  # a request's files together
-    auth_ttl_s: float = 1.0  # a revoked token stops working within this long
+    max_batch: int
+    batch_wait_s: float
+    max_queue: int  # inputs waiting in one replica before new requests get 503
 
 
 def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> Any:
@@ -87,7 +81,7 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
             self._forward.set_batch_wait_timeout_s(self.cfg.batch_wait_s)  # type: ignore[attr-defined]
             self.waiting = 0  # decoded inputs not yet answered
             self.active = 0  # requests in the handler
-            self.auth = AuthCache(self.cfg.auth_ttl_s)
+            self.auth = AuthCache(AUTH_TTL_S)
             log.info("model %s serving on %s", self.cfg.model_id, device)
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
@@ -112,7 +106,7 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
                     return JSONResponse(await self._info(request))
                 raise NotFound(f"no route {path} here: POST files to /predict")
             except Exception as exc:
-                return error_response(exc)
+                return error_response(exc, log)
             finally:
                 self.active -= 1
 
@@ -137,7 +131,7 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
             }
 
         async def _predict(self, request: Request) -> Response:
-            limit = self.cfg.max_body
+            limit = MAX_BODY
             declared = limits.declared_length(request.scope)
             if declared is not None and declared > limit:
                 raise limits.too_large(limit)

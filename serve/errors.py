@@ -21,12 +21,20 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def error_response(exc: Exception, log: logging.Logger = log) -> JSONResponse:
+    """A domain error as {code, message} with its status; anything else a 500 without a trace."""
+    if not isinstance(exc, NcloudError):
+        log.error("unhandled error", exc_info=exc)
+        exc = ServerError(f"internal error ({type(exc).__name__}); see the server log")
+    return JSONResponse(exc.to_body(), status_code=exc.http_status)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """NcloudError -> its status; a bad request -> 422; anything else -> 500 without a trace."""
 
     @app.exception_handler(NcloudError)
     async def on_domain_error(_: Request, exc: NcloudError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.http_status)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -35,6 +43,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def on_bug(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        error = ServerError(f"internal error ({type(exc).__name__}); see the server log")
-        return JSONResponse(error.to_body(), status_code=error.http_status)
+        return error_response(exc)

@@ -1,26 +1,23 @@
 """What a deployed model's replica does with a request before the network sees it.
 
 Who may ask (a tenant token or the deployment's own, cached for a second), which inputs it
-sent, its query parameters, and the {code, message} answer for an error.
+sent, its query parameters, and its path under the deployment's route.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from cluster import accounts
 from jobs import deployments
 from jobs.predictor import DEFAULT_K
-from ncloud.errors import InvalidInput, NcloudError, NotFound, ServerError, Unauthenticated
+from ncloud.errors import InvalidInput, NotFound, Unauthenticated
 
-log = logging.getLogger("ncloud.deployment")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 
@@ -106,11 +103,3 @@ def relative_path(request: Request) -> str:
     if root and path.startswith(root):
         path = path[len(root) :]
     return "/" + path.strip("/")
-
-
-def error_response(exc: Exception) -> JSONResponse:
-    """A domain error as {code, message} with its status; anything else a 500 without a trace."""
-    if not isinstance(exc, NcloudError):
-        log.exception("unhandled error", exc_info=exc)
-        exc = ServerError(f"internal error ({type(exc).__name__}); see the server log")
-    return JSONResponse(exc.to_body(), status_code=exc.http_status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -156,21 +157,14 @@ def logs(
 async def stop(model_id: int, wait: bool = True, c: Caller = Depends(caller)) -> dict[str, Any]:
     """Ask the run to checkpoint and end; with wait, answer once it has ended."""
     tenant = c.require_tenant()
-    await run_in_threadpool(models.get, store(), tenant, model_id)
+    model = await run_in_threadpool(models.get, store(), tenant, model_id)
     await run_in_threadpool(control().call, "stop_run", tenant, model_id)
     deadline = time.monotonic() + STOP_WAIT_S
-    while True:
-        model = await run_in_threadpool(models.get, store(), tenant, model_id)
+    while True:  # the model's row does not change; only its run does
         run = await run_in_threadpool(models.latest_run, store(), tenant, model_id)
         if not wait or run.status.is_terminal() or time.monotonic() > deadline:
             return describe(model, run)
-        await _sleep(0.25)
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+        await asyncio.sleep(0.25)
 
 
 @router.post("/models/{model_id}/resume", status_code=201)

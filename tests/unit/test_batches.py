@@ -203,9 +203,8 @@ def test_bad_manifest_rows_are_reported_and_the_rest_predicted(
     rows += ["corrupt.png", "missing.png", "text.png", "note.txt"]
     rows += [f"holdout/{n}" for n in good[3:]]
     (tmp_path / "manifest").write_text("@FILE\n" + "\n".join(rows) + "\n")
-    job = dataclasses.replace(
-        trained["job"], manifest_url=str(tmp_path / "manifest"), inputs_url=str(inputs)
-    )
+    manifest = parse_manifest((tmp_path / "manifest").read_bytes(), str(inputs))
+    job = dataclasses.replace(trained["job"], manifest=manifest)
     found = batch_predict.predict_slice(job, 0, None)
     assert [r["id"] for r in found] == rows and [r["line"] for r in found] == list(range(2, 12))
     errors = {r["id"]: r["error"] for r in found if r["error"]}

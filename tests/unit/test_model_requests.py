@@ -10,7 +10,8 @@ from starlette.requests import Request
 
 from ncloud.errors import InvalidInput, NotFound
 from serve import model_requests
-from serve.model_requests import AuthCache, error_response, query, relative_path
+from serve.errors import error_response
+from serve.model_requests import AuthCache, query, relative_path
 
 
 class Clock:
