@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -202,9 +201,6 @@ def create_app() -> FastAPI:
 
     install_error_handlers(app)
 
-    from jobs import specs
-
-    threading.Thread(target=specs.warm_checker, name="warm-spec-checker", daemon=True).start()
     s = settings()
     app.add_middleware(BodySizeLimit, max_body=s.max_body_bytes, max_file=s.max_file_bytes)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from ray import serve
@@ -26,6 +27,13 @@ def api_application(env: dict[str, str], replicas: int = 1) -> Any:
     )
     @serve.ingress(app)
     class Api:
-        pass
+        def __init__(self) -> None:
+            # Here, in the replica that checks .py specs, not in the driver that built the
+            # app: the checker's fork server (torch imported) is warm before the first one.
+            from jobs import specs
+
+            threading.Thread(
+                target=specs.warm_checker, name="warm-spec-checker", daemon=True
+            ).start()
 
     return Api.bind()  # type: ignore[attr-defined]
