@@ -13,12 +13,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from cluster import accounts
 from jobs import deployments, models
-from ncloud.errors import Conflict, NotFound, Unauthenticated
+from ncloud.errors import Conflict
 from serve.auth import Caller
 from serve.deps import caller, control, store
 from serve.errors import install_error_handlers
+from serve.model_requests import authorize
 
 router = APIRouter()
 DEFAULTS = deployments.Batching()
@@ -84,20 +84,9 @@ def fallback_app() -> FastAPI:
 
     @app.api_route("/{model_id}/{rest:path}", methods=["GET", "POST"])
     def not_deployed(model_id: str, rest: str, request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        token = header.partition(" ")[2].strip()
-        if not token:
-            raise Unauthenticated("send 'Authorization: Bearer <token>'")
         s = store()
-        tenant = deployments.tenant_of(s, int(model_id)) if model_id.isdigit() else None
-        if token.startswith("ncd_"):
-            if tenant is None:
-                raise NotFound(f"no model {model_id}")
-            deployments.check_token(s, int(model_id), token)
-        else:
-            user = accounts.authenticate(s, token)
-            if tenant is None or (tenant not in user.tenants and not user.is_admin):
-                raise NotFound(f"no model {model_id}")
+        known = deployments.tenant_of(s, int(model_id)) if model_id.isdigit() else None
+        tenant = authorize(s, known, model_id, request)
         found = deployments.find(s, tenant, int(model_id))
         state = found.status.value if found else "not deployed"
         raise Conflict(f"model {model_id} is {state.lower()}: ncloud model deploy {model_id}")

@@ -50,19 +50,26 @@ class AuthCache:
         self._until[self._key(header)] = time.monotonic() + self.ttl_s
 
 
-def authorize(store: Any, tenant: str, model_id: int, request: Request) -> None:
-    """The model's tenant's user (or an admin), or this deployment's token; else 401/404."""
+def authorize(store: Any, tenant: str | None, model_id: int | str, request: Request) -> str:
+    """The model's tenant, when the caller is one of its users (or an admin) or holds this
+    deployment's token; else 401/404.
+
+    `tenant` None means there is no such model: a user's token gets a 404, any other a 401.
+    """
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if not header or scheme.lower() != "bearer" or not token:
         raise Unauthenticated("send 'Authorization: Bearer <token>' (a tenant or deployment token)")
     if token.startswith("ncd_"):
-        deployments.check_token(store, model_id, token)
-        return
+        if tenant is None:  # no deployment token is valid for a model that does not exist
+            raise Unauthenticated("invalid or revoked deployment token")
+        deployments.check_token(store, int(model_id), token)
+        return tenant
     user = accounts.authenticate(store, token)
-    if tenant not in user.tenants and not user.is_admin:
+    if tenant is None or (tenant not in user.tenants and not user.is_admin):
         raise NotFound(f"no model {model_id}")
+    return tenant
 
 
 async def read_inputs(request: Request) -> list[tuple[str, bytes]]:

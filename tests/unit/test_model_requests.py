@@ -8,10 +8,13 @@ import json
 import pytest
 from starlette.requests import Request
 
-from ncloud.errors import InvalidInput, NotFound
+from cluster import accounts
+from jobs import deployments, models
+from jobs.models import TrainOptions
+from ncloud.errors import InvalidInput, NotFound, Unauthenticated
 from serve import model_requests
 from serve.errors import error_response
-from serve.model_requests import AuthCache, query, relative_path
+from serve.model_requests import AuthCache, authorize, query, relative_path
 
 
 class Clock:
@@ -137,3 +140,43 @@ def test_a_malformed_or_foreign_deployment_token_is_refused(store: object, token
 
     with pytest.raises(Unauthenticated, match="invalid or revoked deployment token"):
         deployments.check_token(store, 7, token)  # type: ignore[arg-type]
+
+
+def _with_auth(header: str | None) -> Request:
+    headers = [(b"authorization", header.encode())] if header is not None else []
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": headers})
+
+
+def test_who_may_ask_a_model(store) -> None:  # type: ignore[no-untyped-def]
+    """The replica and the not-deployed fallback both answer with this one check."""
+    for name in ("vision", "audio"):
+        accounts.create_tenant(store, name, 1, 0, 0)
+    _, ada = accounts.create_user(store, "ada@example.com", ["vision"])
+    _, bob = accounts.create_user(store, "bob@example.com", ["audio"])
+    _, root = accounts.create_user(store, "root@example.com", [], is_admin=True)
+    opts = TrainOptions(epochs=1, batch_size=8)
+    model, _ = models.create(store, "vision", "m", "net.yaml", "layers: []", 1, None, None, opts)
+    _, token = deployments.begin(store, "vision", model.id, 1, 0, None, [0], deployments.Batching())
+    for ok in (ada, root, token, f"  {token} "):
+        assert authorize(store, "vision", model.id, _with_auth(f"Bearer {ok}")) == "vision"
+    assert authorize(store, "vision", model.id, _with_auth(f"bearer {ada}")) == "vision"
+    bad = [None, "", ada, f"Basic {ada}", "Bearer ", "Bearer nc_x_y", f"Bearer {token}x"]
+    bad += ["Bearer ncd_", f"Bearer ncd_{model.id}_", f"Bearer ncd_{model.id + 1}_secret"]
+    for header in bad:
+        with pytest.raises(Unauthenticated):
+            authorize(store, "vision", model.id, _with_auth(header))
+    with pytest.raises(NotFound):  # another tenant's user: the model is not theirs to see
+        authorize(store, "vision", model.id, _with_auth(f"Bearer {bob}"))
+    with pytest.raises(Unauthenticated):  # scoped to its own model
+        authorize(store, "vision", model.id + 1, _with_auth(f"Bearer {token}"))
+    # No such model: a user's token learns that (404), a deployment token is refused (401).
+    for missing in (model.id + 1, "abc"):
+        with pytest.raises(NotFound):
+            authorize(store, None, missing, _with_auth(f"Bearer {ada}"))
+        with pytest.raises(Unauthenticated):
+            authorize(store, None, missing, _with_auth(f"Bearer {token}"))
+        with pytest.raises(Unauthenticated):
+            authorize(store, None, missing, _with_auth(None))
+    deployments.revoke_token(store, "vision", model.id)
+    with pytest.raises(Unauthenticated):
+        authorize(store, "vision", model.id, _with_auth(f"Bearer {token}"))
