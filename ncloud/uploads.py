@@ -23,6 +23,27 @@ from ncloud.render import err
 CHUNK = 1 << 20
 
 
+def manifest_files(manifest_path: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    """(local path, name) of the files a manifest names that exist next to it; the missing names.
+
+    A name that resolves outside the manifest's folder is refused.
+    """
+    from jobs.manifest import file_columns, read_manifest
+
+    root = manifest_path.parent.resolve()
+    manifest = read_manifest(str(manifest_path.resolve()))
+    names = sorted({row.cells[col] for col in file_columns(manifest) for row in manifest.rows})
+    found, missing = [], []
+    for name in names:
+        path = root / name
+        if not path.exists():
+            missing.append(name)
+            continue
+        check_inside(root, path)
+        found.append((path, Path(name).as_posix()))
+    return found, missing
+
+
 def collect_folder(root: Path) -> list[tuple[Path, str]]:
     """Every regular file under root as (local path, relative name); dotfiles skipped.
 

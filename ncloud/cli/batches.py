@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +11,7 @@ import typer
 from ncloud.cli import common
 from ncloud.cli.common import OutputOpt
 from ncloud.errors import InvalidInput, NcloudError, UsageError
-from ncloud.render import Output, err, message, render
+from ncloud.render import Output, message, render
 
 app = typer.Typer(
     help="Batch predictions: a trained model over a dataset or a new manifest.",
@@ -45,53 +44,28 @@ class ResultFormat(StrEnum):
     jsonl = "jsonl"
 
 
-def manifest_files(manifest_path: Path) -> tuple[list[tuple[Path, str]], list[str]]:
-    """(local path, name) of the files the manifest names that exist, and the missing names.
-
-    A missing file is not an error here: its row becomes a bad row of the result.
-    """
-    from jobs.manifest import file_columns, read_manifest
-    from ncloud.uploads import check_inside
-
-    root = manifest_path.parent.resolve()
-    manifest = read_manifest(str(manifest_path.resolve()))
-    names = sorted({row.cells[col] for col in file_columns(manifest) for row in manifest.rows})
-    found, missing = [], []
-    for name in names:
-        path = root / name
-        if not path.exists():
-            missing.append(name)
-            continue
-        check_inside(root, path)
-        found.append((path, Path(name).as_posix()))
-    return found, missing
-
-
 def wait_done(batch_id: int) -> Any:
     """Follow a batch until Completed or Failed, with a spinner showing rows done."""
     batches = common.client().batches
-    deadline = time.monotonic() + WAIT_TIMEOUT_S
-    with err.status("predicting...") as spinner:
-        while True:
-            found = batches.show(batch_id)
-            done = found["predicted"] + found["bad_rows"]
-            spinner.update(f"batch {batch_id}: {found['status']} {done}/{found['rows']} rows")
-            if found["status"] in TERMINAL:
-                return found
-            if time.monotonic() > deadline:
-                raise NcloudError(
-                    f"batch {batch_id} still {found['status']} after {WAIT_TIMEOUT_S:g}s; "
-                    f"see `ncloud batch show {batch_id}`"
-                )
-            time.sleep(1.0)
+    return common.follow(
+        lambda: batches.show(batch_id),
+        lambda found: found["status"] in TERMINAL,
+        lambda found: (
+            f"batch {batch_id}: {found['status']} "
+            f"{found['predicted'] + found['bad_rows']}/{found['rows']} rows"
+        ),
+        WAIT_TIMEOUT_S,
+        f"batch {batch_id}",
+        f"ncloud batch show {batch_id}",
+    )
 
 
 def _upload(model_id: int, manifest: Path, k: int, fmt: str, parallel: int) -> Any:
-    from ncloud.uploads import upload_files
+    from ncloud.uploads import manifest_files, upload_files
 
     if not manifest.is_file():
         raise InvalidInput(f"{manifest} is not a file")
-    files, missing = manifest_files(manifest)
+    files, missing = manifest_files(manifest)  # a missing file's row becomes a bad row
     for name in missing[:5]:
         message(f"[yellow]warning:[/yellow] {name} not found: its row will be a bad row")
     if len(missing) > 5:

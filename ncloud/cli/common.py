@@ -1,15 +1,18 @@
-"""What every command shares: the client from flags/env/rc, the output option, confirmations."""
+"""What every command shares: the client from flags/env/rc, the output option, confirmations,
+and following a long operation under a spinner."""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
 from ncloud import config
-from ncloud.errors import UsageError
-from ncloud.render import Output
+from ncloud.errors import NcloudError, UsageError
+from ncloud.render import Output, err
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
@@ -39,3 +42,30 @@ def confirm(question: str, yes: bool) -> None:
         raise UsageError(f"{question} Pass --yes to confirm when not running interactively.")
     if not typer.confirm(question, default=False, err=True):
         raise typer.Exit(1)
+
+
+def follow(
+    fetch: Callable[[], Any],
+    done: Callable[[Any], bool],
+    describe: Callable[[Any], str],
+    timeout_s: float,
+    what: str,
+    hint: str,
+) -> Any:
+    """Fetch every second under a spinner (its text from `describe`) until `done`.
+
+    Past `timeout_s` it stops with one line naming `what` and the command (`hint`) to look later.
+    """
+    deadline = time.monotonic() + timeout_s
+    with err.status(f"{what}...") as spinner:
+        while True:
+            found = fetch()
+            if text := describe(found):
+                spinner.update(text)
+            if done(found):
+                return found
+            if time.monotonic() > deadline:
+                raise NcloudError(
+                    f"{what} still {found['status']} after {timeout_s:g}s; see `{hint}`"
+                )
+            time.sleep(1.0)

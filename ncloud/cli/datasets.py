@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +10,7 @@ import typer
 from ncloud.cli import common
 from ncloud.cli.common import OutputOpt, YesOpt, confirm
 from ncloud.errors import InvalidInput, NcloudError
-from ncloud.render import Output, err, message, render
+from ncloud.render import Output, message, render
 
 app = typer.Typer(
     help="The tenant's datasets (aeon manifests and their files).", no_args_is_help=True
@@ -41,39 +40,26 @@ WAIT_TIMEOUT_S = 3600.0
 
 def local_files(manifest_path: Path) -> list[tuple[Path, str]]:
     """(local path, name) of every file the manifest names, checked before anything is sent."""
-    from jobs.manifest import file_columns, read_manifest
-    from ncloud.uploads import check_inside
+    from ncloud.uploads import manifest_files
 
-    root = manifest_path.parent.resolve()
-    manifest = read_manifest(str(manifest_path.resolve()))
-    names = sorted({row.cells[col] for col in file_columns(manifest) for row in manifest.rows})
-    found = []
-    for name in names:
-        path = root / name
-        if not path.exists():
-            raise InvalidInput(f"{manifest_path}: file {name!r} not found under {root}")
-        check_inside(root, path)
-        found.append((path, Path(name).as_posix()))
+    found, missing = manifest_files(manifest_path)
+    if missing:
+        root = manifest_path.parent.resolve()
+        raise InvalidInput(f"{manifest_path}: file {missing[0]!r} not found under {root}")
     return found
 
 
 def wait_ready(dataset_id: int, quiet: bool = False) -> Any:
     """Follow the ingest until Ready or Error, with a spinner showing Ingesting n/N."""
     datasets = common.client().datasets
-    deadline = time.monotonic() + WAIT_TIMEOUT_S
-    with err.status("ingesting...") as spinner:
-        while True:
-            found = datasets.show(dataset_id)
-            if not quiet:
-                spinner.update(f"dataset {dataset_id}: {found['status']}")
-            if found["status"] in ("Ready", "Linked", "Error"):
-                return found
-            if time.monotonic() > deadline:
-                raise NcloudError(
-                    f"dataset {dataset_id} still {found['status']} after "
-                    f"{WAIT_TIMEOUT_S:g}s; see `ncloud dataset show {dataset_id}`"
-                )
-            time.sleep(1.0)
+    return common.follow(
+        lambda: datasets.show(dataset_id),
+        lambda found: found["status"] in ("Ready", "Linked", "Error"),
+        lambda found: "" if quiet else f"dataset {dataset_id}: {found['status']}",
+        WAIT_TIMEOUT_S,
+        f"dataset {dataset_id}",
+        f"ncloud dataset show {dataset_id}",
+    )
 
 
 @app.command("upload")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +11,7 @@ from ncloud.cli import common
 from ncloud.cli.common import OutputOpt
 from ncloud.cli.models import app
 from ncloud.errors import InvalidInput, NcloudError
-from ncloud.render import Output, err, message, out, render
+from ncloud.render import Output, message, out, render
 
 DEPLOY_COLUMNS = [
     "model", "status", "replicas", "gpus", "checkpoint", "max_batch", "batch_wait_ms",
@@ -47,12 +46,15 @@ def deploy(
     chosen = {k: v for k, v in batching.items() if v is not None}
     found = models.deploy(model_id, replicas, gpus, checkpoint, **chosen)
     token = found.pop("token")
-    if wait:
-        deadline = time.monotonic() + DEPLOY_WAIT_S
-        with err.status(f"deploying model {model_id}..."):
-            while found["status"] == "Deploying" and time.monotonic() < deadline:
-                time.sleep(1.0)
-                found = models.deployment(model_id)
+    if wait and found["status"] == "Deploying":
+        found = common.follow(
+            lambda: models.deployment(model_id),
+            lambda found: found["status"] != "Deploying",
+            lambda found: f"model {model_id}: {found['status']}",
+            DEPLOY_WAIT_S,
+            f"model {model_id}'s deployment",
+            f"ncloud model deployment {model_id}",
+        )
     render(
         {**found, "token": token},
         None if output == Output.json else [*DEPLOY_COLUMNS, "token"],
