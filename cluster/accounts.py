@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from cluster.reservations import Resources, bundles_for
 from cluster.store import Store, metadata, utcnow
 from ncloud.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from ncloud.validation import check_email, check_name, check_resources
@@ -92,6 +93,15 @@ class Tenant:
     @property
     def placement_group(self) -> str:
         return f"ncloud-tenant-{self.name}-g{self.generation}"
+
+    @property
+    def reserved(self) -> Resources:
+        return Resources(self.cpus, self.gpus, self.memory)
+
+    @property
+    def bundles(self) -> list[dict[str, float]]:
+        """The bundle shapes of its reservation (training workers and replicas take whole ones)."""
+        return bundles_for(self.reserved)
 
 
 @dataclass(frozen=True)

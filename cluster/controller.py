@@ -32,10 +32,6 @@ def _reply(fn: Callable[[], Any]) -> dict[str, Any]:
         return {"error": exc.code, "message": exc.message}
 
 
-def _want(t: accounts.Tenant) -> Resources:
-    return Resources(t.cpus, t.gpus, t.memory)
-
-
 class Controller:
     """Wrapped with ray.remote at deploy time (see cluster.deploy)."""
 
@@ -71,7 +67,7 @@ class Controller:
             if name in live:
                 continue
             try:
-                reservations.create(name, _want(tenant))
+                reservations.create(name, tenant.reserved)
                 created.append(name)
             except NcloudError as exc:
                 log.error("could not recreate reservation of %s: %s", tenant.name, exc)
@@ -180,7 +176,7 @@ class Controller:
         total = Resources(0, 0, 0)
         for t in accounts.list_tenants(self.store):
             if t.name != exclude:
-                total = total.plus(_want(t))
+                total = total.plus(t.reserved)
         return total
 
     def create_tenant(self, name: str, cpus: float, gpus: float, memory: int) -> dict[str, Any]:
@@ -222,7 +218,7 @@ class Controller:
             except NcloudError:
                 accounts.resize_tenant(self.store, name, old.cpus, old.gpus, old.memory)
                 restored = accounts.get_tenant(self.store, name)
-                reservations.create(restored.placement_group, _want(restored))
+                reservations.create(restored.placement_group, restored.reserved)
                 raise
             return self._describe(new)
 
@@ -254,7 +250,7 @@ class Controller:
         if live is None and accounts.tenant_exists(self.store, tenant.name) is False:
             raise NotFound(f"no tenant {tenant.name!r}")
         in_use = reservations.usage(live["id"]) if live else Resources(0, 0, 0)
-        bundles = reservations.bundles_for(_want(tenant))
+        bundles = tenant.bundles
         training = self._training_bundles(tenant.name)
         for b in training:
             if b < len(bundles):
@@ -264,7 +260,7 @@ class Controller:
                 )
         return {
             "tenant": tenant.name,
-            "reserved": _want(tenant).as_dict(),
+            "reserved": tenant.reserved.as_dict(),
             "in_use": in_use.as_dict(),
             "placement_group": tenant.placement_group,
             "state": live["state"] if live else "MISSING",

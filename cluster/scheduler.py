@@ -19,8 +19,7 @@ import ray
 from ray.util.placement_group import get_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster import accounts, reservations
-from cluster.reservations import Resources
+from cluster import accounts
 from cluster.store import Store
 from jobs import datasets, deployments, models, queue
 from jobs.models import RunStatus
@@ -156,7 +155,7 @@ class Scheduler:
 
     def _admit_tenant(self, tenant: str, waiting: list[models.Run]) -> None:
         t = accounts.get_tenant(self.store, tenant)
-        bundles = reservations.bundles_for(Resources(t.cpus, t.gpus, t.memory))
+        bundles = t.bundles
         busy = deployments.bundles_in_use(self.store, tenant)
         options = models.options_of(self.store, [run.model_id for run in waiting])
         requests = [
@@ -199,7 +198,7 @@ class Scheduler:
     def _launch(self, run: models.Run, placement: list[int], resume: bool) -> None:
         model = models.get(self.store, run.tenant, run.model_id)
         tenant = accounts.get_tenant(self.store, run.tenant)
-        bundles = reservations.bundles_for(Resources(tenant.cpus, tenant.gpus, tenant.memory))
+        bundles = tenant.bundles
         try:
             cfg = self._config(run, model, resume)
             actors = [self._worker(tenant, b, bundles[b]) for b in placement]

@@ -16,8 +16,7 @@ from typing import Any
 import ray
 from ray import serve
 
-from cluster import accounts, reservations
-from cluster.reservations import Resources
+from cluster import accounts
 from cluster.store import Store
 from jobs import checkpoints, deployments, models, predictor, queue
 from jobs.deployments import DeploymentStatus
@@ -61,10 +60,10 @@ class Serving:
             if checkpoint not in found:
                 raise Conflict(f"model {model_id} has no checkpoint {checkpoint}; it has {found}")
         else:
-            predictor.weights_for(model.url, None)  # Conflict when there are no weights
+            predictor.pinned_checkpoint(model.url)  # Conflict when there are no weights
         with self.lock:
             t = accounts.get_tenant(self.store, tenant)
-            bundles = reservations.bundles_for(Resources(t.cpus, t.gpus, t.memory))
+            bundles = t.bundles
             busy = deployments.bundles_in_use(self.store, tenant)
             chosen = queue.pick(bundles, busy, replicas, gpus)
             if chosen is None:

@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster import accounts, reservations
-from cluster.reservations import Resources
+from cluster import accounts
 from cluster.store import Store
 from jobs import checkpoints, datasets, models, queue, specs, volumes
 from jobs.datasets import DatasetStatus
@@ -90,9 +89,7 @@ def submit(store: Store, tenant: str, s: Submission) -> tuple[models.Model, mode
     if s.volume is not None:
         volumes.get_volume(store, tenant, s.volume)
     t = accounts.get_tenant(store, tenant)
-    queue.check_request(
-        tenant, reservations.bundles_for(Resources(t.cpus, t.gpus, t.memory)), s.workers, s.gpus
-    )
+    queue.check_request(tenant, t.bundles, s.workers, s.gpus)
     shape = dataset_shape(train, spec.transform)
     if shape is not None:
         specs.check_in_subprocess(spec, shape[0], shape[1])
