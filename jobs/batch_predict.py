@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from jobs import batch_results, checkpoints, storage
+from jobs import batch_results, storage
 from jobs.batch_results import Row
 from jobs.elements import KIND_BY_EXTENSION
 from jobs.loader import ShardLoader
@@ -31,7 +31,7 @@ from jobs.manifest import (
 )
 from jobs.predictor import Predictor
 from jobs.shards import DatasetIndex, read_index, shard_url
-from ncloud.errors import Conflict, InvalidInput, NcloudError, ServerError
+from ncloud.errors import InvalidInput, NcloudError, ServerError
 
 ROWS_PER_SLICE = 4096  # dataset rows per Ray task (whole shards; a slice may hold more)
 MANIFEST_ROWS_PER_SLICE = 1000  # manifest rows per Ray task: each reads its own files
@@ -63,17 +63,6 @@ class ManifestInput:
 
 
 # -- checks before anything is written -------------------------------------------------------
-
-
-def pinned_checkpoint(model_url: str) -> int | None:
-    """The weights every slice uses: the final ones (None), else the newest checkpoint."""
-    fs, path = storage.filesystem(storage.join(model_url, "model.pt"))
-    if fs.exists(path):
-        return None
-    found = checkpoints.list_checkpoints(model_url)
-    if not found:
-        raise Conflict("this model has no weights yet: train it (or wait for an epoch)")
-    return int(found[-1]["epoch"])
 
 
 def check_dataset(meta: dict[str, Any], info: dict[str, Any]) -> None:

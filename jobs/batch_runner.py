@@ -12,7 +12,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster import accounts
 from cluster.store import Store
-from jobs import batch_predict, batch_results, batches, datasets, models, storage
+from jobs import batch_predict, batch_results, batches, datasets, models, predictor, storage
 from jobs.batch_predict import Job
 from jobs.batch_results import Row
 from jobs.batches import Batch, BatchStatus
@@ -52,7 +52,7 @@ def plan(store: Store, batch: Batch) -> tuple[Job, list[Slice]]:
         model.url,
         model.spec_name,
         model.spec_text,
-        batch_predict.pinned_checkpoint(model.url),
+        predictor.pinned_checkpoint(model.url),
         batch.k,
         max_file_bytes=settings().max_file_bytes,
     )

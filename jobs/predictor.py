@@ -23,6 +23,18 @@ from ncloud.errors import Conflict, InvalidInput, ServerError
 DEFAULT_K = 5
 
 
+def pinned_checkpoint(model_url: str) -> int | None:
+    """Which weights the model has now, without loading them: the final ones (None), else the
+    newest checkpoint; Conflict when it has neither."""
+    fs, path = storage.filesystem(storage.join(model_url, "model.pt"))
+    if fs.exists(path):
+        return None
+    found = checkpoints.list_checkpoints(model_url)
+    if not found:
+        raise Conflict("this model has no weights yet: train it (or wait for an epoch)")
+    return int(found[-1]["epoch"])
+
+
 def weights_for(model_url: str, checkpoint: int | None) -> tuple[dict[str, Any], int | None]:
     """The state dict to serve: a named checkpoint, else the final weights, else the newest."""
     if checkpoint is not None:

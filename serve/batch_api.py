@@ -42,7 +42,7 @@ def usable_model(tenant: str, model_id: int) -> tuple[models.Model, dict[str, An
     """The tenant's model (404 otherwise) with its meta.json and weights (409 otherwise)."""
     model = models.get(store(), tenant, model_id)
     meta = predictor.read_meta(model.url)
-    batch_predict.pinned_checkpoint(model.url)
+    predictor.pinned_checkpoint(model.url)
     return model, meta
 
 

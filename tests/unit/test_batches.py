@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cluster import accounts
 from cluster.store import Store
 from examples.digits import make_digits
-from jobs import batch_predict, batch_results, batches
+from jobs import batch_predict, batch_results, batches, predictor
 from jobs.batch_predict import Job
 from jobs.batches import BatchStatus
 from jobs.ingest import ingest_local
@@ -162,7 +162,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model = root / "model"
     cfg = TrainConfig("mlp.yaml", MLP, urls["train"], urls["valid"], epochs=3, run_url=str(model))
     train(cfg, Recorder())
-    job = Job(str(model), "mlp.yaml", MLP, batch_predict.pinned_checkpoint(str(model)), k=3)
+    job = Job(str(model), "mlp.yaml", MLP, predictor.pinned_checkpoint(str(model)), k=3)
     return {"root": root, "job": job, **urls}
 
 
@@ -224,7 +224,7 @@ def test_bad_manifest_rows_are_reported_and_the_rest_predicted(
 
 def test_a_model_without_weights_has_nothing_to_pin(tmp_path: Path) -> None:
     with pytest.raises(Conflict, match="no weights yet"):
-        batch_predict.pinned_checkpoint(str(tmp_path / "never-trained"))
+        predictor.pinned_checkpoint(str(tmp_path / "never-trained"))
 
 
 # -- the CLI ---------------------------------------------------------------------------------
