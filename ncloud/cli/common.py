@@ -51,10 +51,12 @@ def follow(
     timeout_s: float,
     what: str,
     hint: str,
+    give_up: bool = True,
 ) -> Any:
     """Fetch every second under a spinner (its text from `describe`) until `done`.
 
-    Past `timeout_s` it stops with one line naming `what` and the command (`hint`) to look later.
+    Past `timeout_s` it stops with one line naming `what` and the command (`hint`) to look
+    later, or with give_up=False returns what it fetched last.
     """
     deadline = time.monotonic() + timeout_s
     with err.status(f"{what}...") as spinner:
@@ -65,6 +67,8 @@ def follow(
             if done(found):
                 return found
             if time.monotonic() > deadline:
+                if not give_up:
+                    return found
                 raise NcloudError(
                     f"{what} still {found['status']} after {timeout_s:g}s; see `{hint}`"
                 )

@@ -54,6 +54,7 @@ def deploy(
             DEPLOY_WAIT_S,
             f"model {model_id}'s deployment",
             f"ncloud model deployment {model_id}",
+            give_up=False,  # the token is printed only below, and only once: never lose it
         )
     render(
         {**found, "token": token},

@@ -132,3 +132,16 @@ def test_help_path_does_not_import_ray() -> None:
     code = "import sys, ncloud.cli.main; print('ray' in sys.modules, 'torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.split() == ["False", "False"]
+
+
+def test_follow_stops_or_hands_back_what_it_saw_last() -> None:
+    from ncloud.cli.common import follow
+    from ncloud.errors import NcloudError
+
+    seen = iter([{"status": "Ingesting"}, {"status": "Ready"}])
+    ready = follow(lambda: next(seen), lambda f: f["status"] == "Ready", str, 60, "x", "y")
+    assert ready == {"status": "Ready"}
+    waiting = {"status": "Deploying"}
+    with pytest.raises(NcloudError, match="model 3 still Deploying after 0s; see `ncloud show`"):
+        follow(lambda: waiting, lambda f: False, str, 0, "model 3", "ncloud show")
+    assert follow(lambda: waiting, lambda f: False, str, 0, "m", "h", give_up=False) is waiting
