@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import socket
 import statistics
@@ -30,6 +31,22 @@ def free_port() -> int:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def ratio_interval(ratios: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Geometric mean of paired per-round ratios and its t confidence interval.
+
+    Rounds of the same load on a shared 2-core machine swing by +-10%; the interval says
+    whether a pooled ratio near 1.0 is a difference or noise. (nan, nan, nan) for < 2 rounds.
+    """
+    if len(ratios) < 2 or min(ratios) <= 0:
+        return float("nan"), float("nan"), float("nan")
+    from scipy.stats import t  # scikit-learn's dependency, already installed
+
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    half = float(t.ppf((1 + level) / 2, len(logs) - 1)) * statistics.stdev(logs) / len(logs) ** 0.5
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
 def parse_at(stamp: str) -> float:

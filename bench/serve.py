@@ -27,6 +27,7 @@ from bench.common import (
     Server,
     median,
     private_server,
+    ratio_interval,
     tenant_client,
     upload,
     verdict,
@@ -434,8 +435,10 @@ def report(levels: list[Level], floor1: float, floor32: float) -> int:
     note = "" if top == 32 else f" (the target is set at c=32; this run's highest is c={top})"
     rounds = zip(by[("platform", top)].round_rps, by[("plain-batched", top)].round_rps, strict=True)
     each = [p / q for p, q in rounds]
+    mean, low, high = ratio_interval(each)
     print(f"throughput at c={top}, each round: " + ", ".join(f"{r:.2f}" for r in each)
-          + f" (median {median(each):.2f})")  # fmt: skip
+          + f" (median {median(each):.2f}; geometric mean {mean:.2f}, "
+          f"95% CI {low:.2f}-{high:.2f})")  # fmt: skip
     print(
         f"throughput at c={top}: platform / plain-batched = {ratio:.2f} "
         f"(target >= {THROUGHPUT_TARGET:.1f}): {verdict(ratio >= THROUGHPUT_TARGET)}{note}"
