@@ -60,8 +60,10 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
         num_replicas=replicas,
         # The tenant's reservation already holds the CPUs; the replica takes none on top.
         ray_actor_options={"num_cpus": 0, "num_gpus": cfg.gpus, "runtime_env": {"env_vars": env}},
-        max_ongoing_requests=cfg.max_queue,
-        # Past that, the proxy holds as many more, then answers 503 too instead of queueing on.
+        # Room for as many requests again as inputs may wait, so that the replica itself
+        # says no (a JSON 503) to the overflow; only past that does the proxy hold
+        # `max_queue` more and then answer 503 in its own plain text.
+        max_ongoing_requests=2 * cfg.max_queue,
         max_queued_requests=cfg.max_queue,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
         health_check_period_s=5,
@@ -130,12 +132,18 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
                 "device": str(p.device),
             }
 
+        def _busy(self) -> Response:
+            busy = Unavailable("this deployment is busy: retry in a second")
+            return JSONResponse(busy.to_body(), status_code=503, headers={"Retry-After": "1"})
+
         async def _predict(self, request: Request) -> Response:
             limit = MAX_BODY
             declared = limits.declared_length(request.scope)
             if declared is not None and declared > limit:
                 raise limits.too_large(limit)
             await self._authorize(request)
+            if self.waiting >= self.cfg.max_queue:  # full: say so before reading the body
+                return self._busy()
             k, raw = query(request)
             k = self.predictor.clamp_k(k)
             counted = Request(request.scope, limits.counting(request.receive, limit))
@@ -149,8 +157,7 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
                     f"{self.cfg.max_queue} (its --max-queue)"
                 )
             if self.waiting + len(named) > self.cfg.max_queue:
-                busy = Unavailable("this deployment is busy: retry in a second")
-                return JSONResponse(busy.to_body(), status_code=503, headers={"Retry-After": "1"})
+                return self._busy()
             decoded = [self.predictor.decode(name, data) for name, data in named]
             self.waiting += len(decoded)
             try:
