@@ -20,14 +20,13 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cluster import accounts
 from cluster.store import open_store
-from jobs import forking, linked, metrics, models, storage, volumes
+from jobs import forking, linked, metrics, models, volume_sync
 from jobs.models import RunStatus
 from ncloud.errors import NcloudError
 from ncloud.settings import settings
@@ -138,15 +137,18 @@ class TrainWorker:
         tenant_id = accounts.get_tenant(self.store, run.tenant).id
         relay = _Relay(self.store, run, tenant_id, launch.rank)
         data_dir: str | None = None
+        pulled: dict[str, volume_sync.Pulled] = {}
         try:
             cfg = self._resolve_data({**cfg, "cache_dir": str(settings().cache_dir)})
             if model.volume_id is not None:
                 data_dir = tempfile.mkdtemp(prefix=f"ncloud-volume-{launch.key}-")
-                _pull_volume(self.store, run.tenant, model.volume_id, data_dir)
+                pulled = volume_sync.pull(self.store, run.tenant, model.volume_id, Path(data_dir))
             launch.result = self._child(launch, cfg, relay, data_dir)
             ended = launch.result.get("outcome") in ("completed", "stopped", "failed")
             if model.volume_id is not None and data_dir and launch.rank == 0 and ended:
-                n = _push_volume(self.store, run.tenant, model.volume_id, data_dir)
+                n = volume_sync.push(
+                    self.store, run.tenant, model.volume_id, Path(data_dir), pulled
+                )
                 relay.line(f"saved {n} file(s) back to volume {model.volume_id}")
         except NcloudError as exc:
             launch.result = {"outcome": "failed", "error": exc.message}
@@ -266,41 +268,3 @@ def _epoch_line(m: dict[str, Any]) -> str:
     if m.get("samples_per_s") is not None:
         parts.append(f"{m['samples_per_s']:.0f} samples/s")
     return ", ".join(parts)
-
-
-def _pull_volume(store: Any, tenant: str, volume_id: int, into: str) -> None:
-    base = volumes.volume_url(tenant, volume_id)
-    for name in volumes.list_volume_files(store, tenant, volume_id):
-        target = Path(into) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as out:
-            for chunk in storage.read_chunks(storage.join(base, name)):
-                out.write(chunk)
-
-
-def _push_volume(store: Any, tenant: str, volume_id: int, source: str) -> int:
-    """Upload what the run wrote or changed under the data folder; returns the file count."""
-    before = volumes.list_volume_files(store, tenant, volume_id)
-    sent = 0
-    for path in sorted(Path(source).rglob("*")):
-        if not path.is_file():
-            continue
-        name = path.relative_to(source).as_posix()
-        if before.get(name) == path.stat().st_size and not _changed(
-            store, tenant, volume_id, name, path
-        ):
-            continue
-        volumes.put_file(store, tenant, volume_id, name, _file_chunks(path))
-        sent += 1
-    return sent
-
-
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            yield chunk
-
-
-def _changed(store: Any, tenant: str, volume_id: int, name: str, path: Path) -> bool:
-    url = storage.join(volumes.volume_url(tenant, volume_id), name)
-    return storage.read_bytes(url) != path.read_bytes()

@@ -362,6 +362,8 @@ def test_a_volume_is_readable_and_written_back(
     assert until(client, model["id"], TERMINAL)["status"] == "Completed"
     files = client.volumes.show(volume)
     assert "out.txt" in json.dumps(files["file_list"])
+    log = "\n".join(e["line"] for e in client.models.logs(model["id"])["lines"])
+    assert f"saved 1 file(s) back to volume {volume}" in log  # out.txt; words.txt is as pulled
 
 
 def test_ray_job_submit_trains_without_the_control_plane(
