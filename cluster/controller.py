@@ -46,7 +46,9 @@ class Controller:
         self.scheduler = Scheduler(self.store, db_url)
         from cluster.serving import Serving
 
-        self.serving = Serving(self.store, db_url, self.scheduler.lock)
+        self.serving = Serving(
+            self.store, db_url, self.scheduler.lock, self.scheduler.clear_gpu_bundles
+        )
         from cluster import batching
 
         # Made now, not on the first batch: batches a previous controller left Queued or

@@ -67,6 +67,17 @@ def check_fit(want: Resources, total: Resources, reserved_by_others: Resources) 
             )
 
 
+def gpu_resources(group_id: str, bundle: int | None, gpus: int) -> dict[str, float]:
+    """Ray resources that take `gpus` GPUs out of a placed reservation, for an actor that
+    cannot be given a scheduling strategy (Serve gives its replicas none): the group's own
+    GPU resource, and one bundle's as well when pinned to it. Ray assigns the GPU ids
+    (CUDA_VISIBLE_DEVICES) from them as it does for a worker placed in the bundle."""
+    found = {f"GPU_group_{group_id}": float(gpus)}
+    if bundle is not None:
+        found[f"GPU_group_{bundle}_{group_id}"] = float(gpus)
+    return found
+
+
 def cluster_total() -> Resources:
     import ray
 

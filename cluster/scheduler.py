@@ -182,7 +182,7 @@ class Scheduler:
             group = get_placement_group(tenant.placement_group)
             cls: Any = ray.remote(TrainWorker)
             self.pool[key] = cls.options(
-                name=f"ncloud-worker-{tenant.placement_group}-b{index}",
+                name=_worker_name(tenant.placement_group, index),
                 namespace=NAMESPACE,
                 lifetime="detached",
                 get_if_exists=True,
@@ -194,6 +194,31 @@ class Scheduler:
                 ),
             ).remote(self.db_url, int(bundle.get("memory", 0)))
         return self.pool[key]
+
+    def clear_gpu_bundles(self, tenant_name: str, chosen: list[int], hold_others: bool) -> None:
+        """Leave `chosen` the only bundles of the tenant with a free GPU, for a deployment.
+
+        A pool worker, busy or idle, holds its bundle's GPU: those of `chosen` (idle, as
+        the deployment holds the bundles) stop. With `hold_others`, Ray is about to pick
+        any free GPU of the group for each replica, so every other GPU bundle that no
+        deployment holds gets its pool worker first, and the picks can only be `chosen`.
+        """
+        with self.lock:
+            tenant = accounts.get_tenant(self.store, tenant_name)
+            for b in chosen:
+                self.pool.pop((tenant.placement_group, b), None)
+                _kill_worker(tenant.placement_group, b)
+            holders = []
+            if hold_others:
+                holding = deployments.holding(self.store, tenant_name)
+                held = {b for d in holding for b in d.placement}
+                holders = [
+                    self._worker(tenant, b, bundle)
+                    for b, bundle in enumerate(tenant.bundles)
+                    if bundle.get("GPU") and b not in chosen and b not in held
+                ]
+        if holders:
+            ray.get([w.rendezvous.remote() for w in holders], timeout=120)
 
     def _launch(self, run: models.Run, placement: list[int], resume: bool) -> None:
         model = models.get(self.store, run.tenant, run.model_id)
@@ -284,7 +309,7 @@ class Scheduler:
             actors = []
             group = accounts.get_tenant(self.store, run.tenant).placement_group
             for b in run.placement or []:
-                name = f"ncloud-worker-{group}-b{b}"
+                name = _worker_name(group, b)
                 try:
                     actors.append(ray.get_actor(name, namespace=NAMESPACE))
                 except ValueError:
@@ -301,3 +326,16 @@ class Scheduler:
             self.active[run.id] = active
         log.info("recovered runs: attached %s, lost %s", attached, lost)
         return {"attached": attached, "lost": lost}
+
+
+def _worker_name(placement_group: str, index: int) -> str:
+    return f"ncloud-worker-{placement_group}-b{index}"
+
+
+def _kill_worker(placement_group: str, index: int) -> None:
+    """Stop a bundle's pool worker, also one a previous controller made; none is fine."""
+    try:
+        worker = ray.get_actor(_worker_name(placement_group, index), namespace=NAMESPACE)
+    except ValueError:
+        return
+    ray.kill(worker, no_restart=True)

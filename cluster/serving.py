@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
 from ray import serve
 
-from cluster import accounts
+from cluster import accounts, reservations
 from cluster.store import Store
 from jobs import checkpoints, deployments, models, predictor, queue
 from jobs.deployments import DeploymentStatus
@@ -34,11 +35,19 @@ def _env() -> dict[str, str]:
 
 
 class Serving:
-    def __init__(self, store: Store, db_url: str, bundles_lock: threading.RLock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        db_url: str,
+        bundles_lock: threading.RLock,
+        clear_gpu_bundles: Callable[[str, list[int], bool], None],
+    ) -> None:
         """`bundles_lock` is the scheduler's: a deploy and an admission never pick the same
-        free bundle of a tenant at once (the controller serves several calls at a time)."""
+        free bundle of a tenant at once (the controller serves several calls at a time).
+        `clear_gpu_bundles` is the scheduler's too (see Scheduler.clear_gpu_bundles)."""
         self.store, self.db_url = store, db_url
         self.lock = bundles_lock
+        self.clear_gpu_bundles = clear_gpu_bundles
         self.recovered = self._recover()
 
     def deploy(
@@ -97,7 +106,8 @@ class Serving:
                 batch_wait_s=b.batch_wait_ms / 1000,
                 max_queue=b.max_queue,
             )
-            app = model_application(cfg, dep.replicas, _env())
+            gpus = self._gpu_resources(dep) if dep.gpus else None
+            app = model_application(cfg, dep.replicas, _env(), gpus)
             serve.run(
                 app, name=dep.app_name, route_prefix=deployments.route(dep.model_id), blocking=False
             )
@@ -121,6 +131,23 @@ class Serving:
             deployments.move(
                 self.store, dep.tenant, dep.model_id, DeploymentStatus.FAILED, error=str(exc)[:4000]
             )
+
+    def _gpu_resources(self, dep: deployments.Deployment) -> dict[str, float]:
+        """The GPUs of the deployment's bundles, from the tenant's reservation itself.
+
+        One replica is pinned to its bundle. Serve gives all replicas of a deployment the
+        same resources, so several take "a free GPU of the group", after every other free
+        GPU bundle of the tenant is held (Scheduler.clear_gpu_bundles).
+        """
+        name = accounts.get_tenant(self.store, dep.tenant).placement_group
+        group = reservations.existing().get(name)
+        if group is None:
+            raise RuntimeError(f"the reservation {name} of tenant {dep.tenant!r} is not placed")
+        pinned = len(dep.placement) == 1
+        self.clear_gpu_bundles(dep.tenant, dep.placement, not pinned)
+        return reservations.gpu_resources(
+            str(group["id"]), dep.placement[0] if pinned else None, dep.gpus
+        )
 
     def undeploy(self, tenant: str, model_id: int) -> dict[str, Any]:
         dep = deployments.get(self.store, tenant, model_id)

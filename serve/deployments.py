@@ -19,6 +19,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import ray
 import torch
 from ray import serve
 from ray.serve.config import BackpressureConfig
@@ -54,12 +55,20 @@ class ServeConfig:
     max_queue: int  # inputs waiting in one replica before new requests get 503
 
 
-def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> Any:
+def model_application(
+    cfg: ServeConfig, replicas: int, env: dict[str, str], gpus: dict[str, float] | None = None
+) -> Any:
+    """`gpus`: the Ray resources of the replica's GPUs in the tenant's reservation
+    (cluster.reservations.gpu_resources); None for a CPU deployment."""
+    # The tenant's reservation already holds the CPUs; the replica takes none on top.
+    actor: dict[str, Any] = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
+    if gpus:
+        actor["resources"] = gpus
+
     @serve.deployment(
         name="model",
         num_replicas=replicas,
-        # The tenant's reservation already holds the CPUs; the replica takes none on top.
-        ray_actor_options={"num_cpus": 0, "num_gpus": cfg.gpus, "runtime_env": {"env_vars": env}},
+        ray_actor_options=actor,
         # Room for as many requests again as inputs may wait, so that the replica itself
         # says no (a JSON 503) to the overflow; only past that does the proxy hold
         # `max_queue` more and then answer 503 in its own plain text.
@@ -74,6 +83,7 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
             self.cfg = ServeConfig(**config)
             self.store = open_store(self.cfg.db_url)
             model = models.get(self.store, self.cfg.tenant, self.cfg.model_id)
+            self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # from the reservation
             device = "cuda" if self.cfg.gpus and torch.cuda.is_available() else "cpu"
             torch.set_num_threads(1)
             self.predictor = Predictor(
@@ -84,7 +94,7 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
             self.waiting = 0  # decoded inputs not yet answered
             self.active = 0  # requests in the handler
             self.auth = AuthCache(AUTH_TTL_S)
-            log.info("model %s serving on %s", self.cfg.model_id, device)
+            log.info("model %s serving on %s (GPUs %s)", self.cfg.model_id, device, self.gpu_ids)
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
         async def _forward(self, inputs: list[Any]) -> list[torch.Tensor]:
@@ -130,6 +140,7 @@ def model_application(cfg: ServeConfig, replicas: int, env: dict[str, str]) -> A
                 "input_shape": list(p.input_shape),
                 "checkpoint": p.checkpoint,
                 "device": str(p.device),
+                "gpu_ids": self.gpu_ids,
             }
 
         def _busy(self) -> Response:

@@ -27,6 +27,9 @@ from tests.s3 import CREDENTIALS, FlakyProxy, MotoServer, free_port
 # Logical CPUs of the test cluster: one more than the cores, so a tenant can hold two bundles
 # for training while other tests make tenants of their own.
 CPUS = 3
+# Declared to Ray whether or not the machine has one: Ray schedules and assigns GPU ids by
+# count, so GPU placement is tested on CPU machines too (torch then finds no CUDA).
+GPUS = 1
 
 
 @dataclass
@@ -88,6 +91,8 @@ class Server:
             "start",
             "--cpus",
             str(CPUS),
+            "--gpus",
+            str(GPUS),
             "--port",
             str(p["api"]),
             "--ray-port",

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
 from examples.digits import make_digits
@@ -404,3 +405,35 @@ def test_two_replicas_serving_an_earlier_checkpoint(server: Server, shop: dict[s
     png = [("file", ("a.png", _png(16, 16)))]
     for _ in range(4):
         assert _post(server, shop["cnn"], found["token"], files=png).status_code == 200
+
+
+def test_a_gpu_deployment_takes_its_gpu_from_the_tenants_reservation(
+    server: Server, tenant: Any
+) -> None:
+    """The cluster's one GPU is the tenant's: the replica must take it from the reservation
+    (no GPU is left outside it), and training gets the bundle's GPU back after undeploy."""
+    tenant("gpu", cpus=1, gpus=1, memory="1GiB")
+    admin = server.client()
+    user = admin.users.add("gus@example.com", ["gpu"])
+    client = server.client(token=user["token"], tenant="gpu")
+    try:
+        ds = client.datasets.create("features", _features_manifest(200), "f.tsv")["id"]
+        client.datasets.ingest(ds)
+        wait_for(lambda: client.datasets.show(ds)["status"] == "Ready", 120, "features")
+        mlp = _trained(client, "mlp", "features.yaml", ds, epochs=1)  # its worker holds the GPU
+        dep = _deployed(client, mlp, gpus=1)
+        assert dep["gpus"] == 1
+        info = httpx.get(
+            _url(server, mlp).removesuffix("predict"),
+            headers={"Authorization": f"Bearer {dep['token']}"},
+            timeout=30,
+        ).json()
+        assert info["gpu_ids"] == ["0"], info
+        assert info["device"].startswith("cuda" if torch.cuda.is_available() else "cpu"), info
+        x = json.dumps([0.0] * 64)
+        assert _post(server, mlp, dep["token"], files=[("file", ("x.json", x))]).status_code == 200
+        client.models.undeploy(mlp)
+        wait_for(lambda: client.models.deployment(mlp)["status"] == "Undeployed", 120, "Undeployed")
+        _trained(client, "again", "features.yaml", ds, epochs=1)  # a new worker, the same GPU
+    finally:
+        admin.users.remove("gus@example.com")

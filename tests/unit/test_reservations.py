@@ -28,3 +28,10 @@ def test_refused_with_what_is_free() -> None:
         check_fit(Resources(1, 1, 0), total, others)
     with pytest.raises(QuotaExceeded, match="memory"):
         check_fit(Resources(1, 0, 9 << 30), total, others)
+
+
+def test_gpu_resources_name_the_group_and_a_pinned_bundle() -> None:
+    from cluster.reservations import gpu_resources
+
+    assert gpu_resources("ab12", None, 2) == {"GPU_group_ab12": 2.0}
+    assert gpu_resources("ab12", 3, 1) == {"GPU_group_ab12": 1.0, "GPU_group_3_ab12": 1.0}
