@@ -47,7 +47,7 @@ class Controller:
         from cluster.serving import Serving
 
         self.serving = Serving(
-            self.store, db_url, self.scheduler.lock, self.scheduler.clear_gpu_bundles
+            self.store, db_url, self.scheduler.lock, self.scheduler.clear_gpu_bundle
         )
         from cluster import batching
 
@@ -251,7 +251,9 @@ class Controller:
         live = reservations.existing().get(tenant.placement_group)
         if live is None and accounts.tenant_exists(self.store, tenant.name) is False:
             raise NotFound(f"no tenant {tenant.name!r}")
-        in_use = reservations.usage(live["id"]) if live else Resources(0, 0, 0)
+        used = reservations.usage(live["id"]) if live else Resources(0, 0, 0)
+        # A bundle's pool worker holds its GPU even when idle: GPUs count by bundle only.
+        in_use = Resources(used.cpus, 0, used.memory)
         bundles = tenant.bundles
         training = self._training_bundles(tenant.name)
         for b in training:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +23,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster import accounts
 from cluster.store import Store
 from jobs import datasets, deployments, models, queue
+from jobs.deployments import DeploymentStatus
 from jobs.models import RunStatus
 from jobs.runner import TrainWorker
-from ncloud.errors import NcloudError
+from ncloud.errors import Conflict, NcloudError
 
 log = logging.getLogger("ncloud.scheduler")
 NAMESPACE = "ncloud"
@@ -195,30 +197,28 @@ class Scheduler:
             ).remote(self.db_url, int(bundle.get("memory", 0)))
         return self.pool[key]
 
-    def clear_gpu_bundles(self, tenant_name: str, chosen: list[int], hold_others: bool) -> None:
-        """Leave `chosen` the only bundles of the tenant with a free GPU, for a deployment.
+    def clear_gpu_bundle(self, tenant_name: str, model_id: int, bundle: int) -> None:
+        """Free the GPU of a bundle that a deployment now starting holds, for its replica.
 
-        A pool worker, busy or idle, holds its bundle's GPU: those of `chosen` (idle, as
-        the deployment holds the bundles) stop. With `hold_others`, Ray is about to pick
-        any free GPU of the group for each replica, so every other GPU bundle that no
-        deployment holds gets its pool worker first, and the picks can only be `chosen`.
+        The bundle's pool worker holds its GPU, idle or not, so it stops; but only while
+        the deployment still holds the bundle and no training run does (an undeploy and a
+        new run can slip in between the deploy and this).
         """
         with self.lock:
             tenant = accounts.get_tenant(self.store, tenant_name)
-            for b in chosen:
-                self.pool.pop((tenant.placement_group, b), None)
-                _kill_worker(tenant.placement_group, b)
-            holders = []
-            if hold_others:
-                holding = deployments.holding(self.store, tenant_name)
-                held = {b for d in holding for b in d.placement}
-                holders = [
-                    self._worker(tenant, b, bundle)
-                    for b, bundle in enumerate(tenant.bundles)
-                    if bundle.get("GPU") and b not in chosen and b not in held
-                ]
-        if holders:
-            ray.get([w.rendezvous.remote() for w in holders], timeout=120)
+            dep = deployments.find(self.store, tenant_name, model_id)
+            if dep is None or dep.status is not DeploymentStatus.DEPLOYING:
+                raise Conflict(f"model {model_id} is no longer being deployed")
+            if dep.placement != [bundle]:
+                raise Conflict(f"model {model_id} no longer holds bundle {bundle}")
+            runs = models.runs_in(self.store, {RunStatus.STARTING, RunStatus.RUNNING})
+            if any(r.tenant == tenant_name and bundle in (r.placement or []) for r in runs):
+                raise Conflict(f"bundle {bundle} of tenant {tenant_name!r} is training")
+            self.pool.pop((tenant.placement_group, bundle), None)
+            name = _worker_name(tenant.placement_group, bundle)
+            killed = _kill_worker(name)
+        if killed:  # the deployment holds the bundle: no new worker is made there meanwhile
+            _wait_released(name)
 
     def _launch(self, run: models.Run, placement: list[int], resume: bool) -> None:
         model = models.get(self.store, run.tenant, run.model_id)
@@ -332,10 +332,23 @@ def _worker_name(placement_group: str, index: int) -> str:
     return f"ncloud-worker-{placement_group}-b{index}"
 
 
-def _kill_worker(placement_group: str, index: int) -> None:
-    """Stop a bundle's pool worker, also one a previous controller made; none is fine."""
+def _kill_worker(name: str) -> bool:
+    """Stop a pool worker by name (also one a previous controller made); False if none."""
     try:
-        worker = ray.get_actor(_worker_name(placement_group, index), namespace=NAMESPACE)
+        worker = ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
-        return
+        return False
     ray.kill(worker, no_restart=True)
+    return True
+
+
+def _wait_released(name: str, timeout_s: float = 30.0) -> None:
+    """Until a killed actor's name is free, so the next worker made by it is a new one."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"pool worker {name} was still registered {timeout_s:g}s after ray.kill")

@@ -21,7 +21,7 @@ from cluster import accounts, reservations
 from cluster.store import Store
 from jobs import checkpoints, deployments, models, predictor, queue
 from jobs.deployments import DeploymentStatus
-from ncloud.errors import Conflict, QuotaExceeded
+from ncloud.errors import Conflict, InvalidInput, QuotaExceeded
 
 log = logging.getLogger("ncloud.serving")
 DEPLOY_TIMEOUT_S = 300.0
@@ -40,14 +40,14 @@ class Serving:
         store: Store,
         db_url: str,
         bundles_lock: threading.RLock,
-        clear_gpu_bundles: Callable[[str, list[int], bool], None],
+        clear_gpu_bundle: Callable[[str, int, int], None],
     ) -> None:
         """`bundles_lock` is the scheduler's: a deploy and an admission never pick the same
         free bundle of a tenant at once (the controller serves several calls at a time).
-        `clear_gpu_bundles` is the scheduler's too (see Scheduler.clear_gpu_bundles)."""
+        `clear_gpu_bundle` is the scheduler's too (see Scheduler.clear_gpu_bundle)."""
         self.store, self.db_url = store, db_url
         self.lock = bundles_lock
-        self.clear_gpu_bundles = clear_gpu_bundles
+        self.clear_gpu_bundle = clear_gpu_bundle
         self.recovered = self._recover()
 
     def deploy(
@@ -59,6 +59,12 @@ class Serving:
         checkpoint: int | None,
         batching: deployments.Batching,
     ) -> dict[str, Any]:
+        if gpus and replicas > 1:
+            raise InvalidInput(
+                f"a GPU deployment runs one replica; asked for {replicas}. Serve gives all "
+                "replicas the same resources, so each could not be held to its own bundle "
+                "of the reservation: deploy with --replicas 1"
+            )
         model = models.get(self.store, tenant, model_id)
         current = deployments.find(self.store, tenant, model_id)
         if current is not None and current.status.holds_bundles():
@@ -128,26 +134,26 @@ class Serving:
         except Exception as exc:
             log.exception("deploying model %s failed", dep.model_id)
             self._delete_app(dep.app_name)
-            deployments.move(
-                self.store, dep.tenant, dep.model_id, DeploymentStatus.FAILED, error=str(exc)[:4000]
-            )
+            now = deployments.find(self.store, dep.tenant, dep.model_id)
+            if now is not None and now.status is DeploymentStatus.DEPLOYING:  # not undeployed
+                deployments.move(
+                    self.store,
+                    dep.tenant,
+                    dep.model_id,
+                    DeploymentStatus.FAILED,
+                    error=str(exc)[:4000],
+                )
 
     def _gpu_resources(self, dep: deployments.Deployment) -> dict[str, float]:
-        """The GPUs of the deployment's bundles, from the tenant's reservation itself.
-
-        One replica is pinned to its bundle. Serve gives all replicas of a deployment the
-        same resources, so several take "a free GPU of the group", after every other free
-        GPU bundle of the tenant is held (Scheduler.clear_gpu_bundles).
-        """
+        """The GPU of the replica's bundle, taken from the tenant's reservation itself."""
+        if len(dep.placement) != 1:
+            raise InvalidInput(f"a GPU deployment runs one replica, not {len(dep.placement)}")
         name = accounts.get_tenant(self.store, dep.tenant).placement_group
         group = reservations.existing().get(name)
         if group is None:
             raise RuntimeError(f"the reservation {name} of tenant {dep.tenant!r} is not placed")
-        pinned = len(dep.placement) == 1
-        self.clear_gpu_bundles(dep.tenant, dep.placement, not pinned)
-        return reservations.gpu_resources(
-            str(group["id"]), dep.placement[0] if pinned else None, dep.gpus
-        )
+        self.clear_gpu_bundle(dep.tenant, dep.model_id, dep.placement[0])
+        return reservations.gpu_resources(str(group["id"]), dep.placement[0], dep.gpus)
 
     def undeploy(self, tenant: str, model_id: int) -> dict[str, Any]:
         dep = deployments.get(self.store, tenant, model_id)

@@ -421,6 +421,8 @@ def test_a_gpu_deployment_takes_its_gpu_from_the_tenants_reservation(
         client.datasets.ingest(ds)
         wait_for(lambda: client.datasets.show(ds)["status"] == "Ready", 120, "features")
         mlp = _trained(client, "mlp", "features.yaml", ds, epochs=1)  # its worker holds the GPU
+        with pytest.raises(InvalidInput, match="one replica"):
+            client.models.deploy(mlp, replicas=2, gpus=1)
         dep = _deployed(client, mlp, gpus=1)
         assert dep["gpus"] == 1
         info = httpx.get(
@@ -428,12 +430,14 @@ def test_a_gpu_deployment_takes_its_gpu_from_the_tenants_reservation(
             headers={"Authorization": f"Bearer {dep['token']}"},
             timeout=30,
         ).json()
-        assert info["gpu_ids"] == ["0"], info
+        assert len(info["gpu_ids"]) == 1, info  # the one GPU (an index, or a UUID)
         assert info["device"].startswith("cuda" if torch.cuda.is_available() else "cpu"), info
         x = json.dumps([0.0] * 64)
         assert _post(server, mlp, dep["token"], files=[("file", ("x.json", x))]).status_code == 200
+        assert client.resources.list()["in_use"]["gpus"] == 1  # the replica's, counted once
         client.models.undeploy(mlp)
         wait_for(lambda: client.models.deployment(mlp)["status"] == "Undeployed", 120, "Undeployed")
         _trained(client, "again", "features.yaml", ds, epochs=1)  # a new worker, the same GPU
+        assert client.resources.list()["in_use"]["gpus"] == 0  # its idle worker is not in use
     finally:
         admin.users.remove("gus@example.com")
