@@ -37,6 +37,7 @@ from serve.model_requests import AuthCache, authorize, query, read_inputs, relat
 log = logging.getLogger("ncloud.deployment")
 MAX_BODY = 64 << 20  # a request's files together
 AUTH_TTL_S = 1.0  # a revoked token stops working within this long
+PROXY_QUEUE_FLOOR = 64  # requests the proxy may hold for one deployment, at the least
 
 
 class MethodNotAllowed(NcloudError):
@@ -70,10 +71,12 @@ def model_application(
         num_replicas=replicas,
         ray_actor_options=actor,
         # Room for as many requests again as inputs may wait, so that the replica itself
-        # says no (a JSON 503) to the overflow; only past that does the proxy hold
-        # `max_queue` more and then answer 503 in its own plain text.
+        # says no (a JSON 503) to the overflow. The proxy's own queue also holds every
+        # request of a burst while it picks a replica, so it gets room too (a bound of 3
+        # dropped the 4th of 8 simultaneous requests); past it the proxy answers 503 in
+        # its own plain text.
         max_ongoing_requests=2 * cfg.max_queue,
-        max_queued_requests=cfg.max_queue,
+        max_queued_requests=max(2 * cfg.max_queue, PROXY_QUEUE_FLOOR),
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
         health_check_period_s=5,
         health_check_timeout_s=30,

@@ -345,7 +345,7 @@ def test_a_full_replica_answers_503_with_retry_after_and_recovers(
 ) -> None:
     """A queue of 3 inputs and a batch that waits a second to fill: a flood overflows it.
 
-    Serve lets 2 x 3 requests into the replica and queues 3 more in the proxy, so 8 at
+    Serve lets 2 x 3 requests into the replica and holds up to 64 in the proxy, so 8 at
     once never meet the proxy's plain-text 503: every refusal is the replica's JSON one.
     """
     client: Client = shop["client"]
