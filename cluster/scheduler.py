@@ -211,8 +211,7 @@ class Scheduler:
                 raise Conflict(f"model {model_id} is no longer being deployed")
             if dep.placement != [bundle]:
                 raise Conflict(f"model {model_id} no longer holds bundle {bundle}")
-            runs = models.runs_in(self.store, {RunStatus.STARTING, RunStatus.RUNNING})
-            if any(r.tenant == tenant_name and bundle in (r.placement or []) for r in runs):
+            if bundle in deployments.training_bundles(self.store, tenant_name):
                 raise Conflict(f"bundle {bundle} of tenant {tenant_name!r} is training")
             self.pool.pop((tenant.placement_group, bundle), None)
             name = _worker_name(tenant.placement_group, bundle)

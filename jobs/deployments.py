@@ -275,8 +275,13 @@ def ensure_missing(store: Store, tenant: str, model_id: int) -> None:
         raise Conflict(f"model {model_id} is {found.status.value}: undeploy it first")
 
 
+def training_bundles(store: Store, tenant: str) -> set[int]:
+    """Bundles of the tenant's reservation held by Starting or Running training runs."""
+    active = models.runs_in(store, {models.RunStatus.STARTING, models.RunStatus.RUNNING})
+    return {b for r in active if r.tenant == tenant for b in r.placement or []}
+
+
 def bundles_in_use(store: Store, tenant: str) -> set[int]:
     """Bundles of the tenant's reservation held by training runs or deployments now."""
-    active = models.runs_in(store, {models.RunStatus.STARTING, models.RunStatus.RUNNING})
-    held = {b for r in active if r.tenant == tenant for b in r.placement or []}
+    held = training_bundles(store, tenant)
     return held | {b for d in holding(store, tenant) for b in d.placement}
