@@ -164,7 +164,7 @@ class Controller:
     ) -> dict[str, Any]:
         from jobs.deployments import Batching
 
-        options = Batching(**batching)
+        options = Batching(**{**batching, "volumes": tuple(batching.get("volumes") or ())})
         return _reply(
             lambda: self.serving.deploy(tenant, model_id, replicas, gpus, checkpoint, options)
         )

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -158,6 +159,9 @@ def _start_head(
                 **os.environ,
                 **control_plane_env(),
                 "NCLOUD_CACHE_DIR": str(settings().cache_dir),
+                # The metrics agent's Prometheus port listens on every interface without
+                # authentication and names tenants' actors: off on the local cluster.
+                "RAY_enable_metrics_collection": "0",
             },
         )
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -248,12 +252,25 @@ def start(
         # A head left without a control plane (say, after the API was killed): start clean.
         _kill_group(state.pid)
     s = settings()
+    if not s.single_tenant:  # fail closed: no sandbox, no tenant code
+        from jobs.sandbox.launch import self_test
+        from jobs.sandbox.policy import SandboxUnavailable
+
+        try:
+            self_test()
+        except SandboxUnavailable as exc:
+            raise SandboxUnavailable(
+                f"{exc.message}. Tenant code runs only in a sandbox, so the server does not "
+                "start; on a one-person machine, --single-tenant runs it unsandboxed"
+            ) from exc
     store = open_store(s.db_url, migrate=True)
     admin_token = accounts.ensure_admin(store)
     store.dispose()
     log_path = s.home / "logs" / "server.log"
     pid = None
     if address is None:
+        # Sandboxes of a head that is gone left their folders: nothing on this node uses them.
+        shutil.rmtree(s.sandbox_dir, ignore_errors=True)
         os.environ.update(ray_auth_env())
         pid = _start_head(cpus, gpus, ray_port, dashboard_port, log_path)
         address = f"127.0.0.1:{ray_port}"

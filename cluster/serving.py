@@ -19,8 +19,9 @@ from ray import serve
 
 from cluster import accounts, reservations
 from cluster.store import Store
-from jobs import checkpoints, deployments, models, predictor, queue
+from jobs import checkpoints, deployments, models, predictor, queue, volumes
 from jobs.deployments import DeploymentStatus
+from jobs.sandbox.policy import check_mounts
 from ncloud.errors import Conflict, InvalidInput, QuotaExceeded
 
 log = logging.getLogger("ncloud.serving")
@@ -66,6 +67,9 @@ class Serving:
                 "of the reservation: deploy with --replicas 1"
             )
         model = models.get(self.store, tenant, model_id)
+        check_mounts(batching.mounts())
+        for volume_id, _ in batching.mounts():
+            volumes.get_volume(self.store, tenant, volume_id)  # another tenant's id: 404
         current = deployments.find(self.store, tenant, model_id)
         if current is not None and current.status.holds_bundles():
             raise Conflict(f"model {model_id} is {current.status.value} already")
@@ -111,6 +115,7 @@ class Serving:
                 max_batch=b.max_batch,
                 batch_wait_s=b.batch_wait_ms / 1000,
                 max_queue=b.max_queue,
+                volumes=[dict(v) for v in b.volumes],
             )
             gpus = self._gpu_resources(dep) if dep.gpus else None
             app = model_application(cfg, dep.replicas, _env(), gpus)

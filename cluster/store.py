@@ -32,7 +32,7 @@ from ncloud.errors import SchemaMismatch
 metadata = MetaData()
 
 # Bump when a table changes; add the step that brings version N-1 up to N in MIGRATIONS.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 schema_table = Table(
     "ncloud_schema",
@@ -56,6 +56,16 @@ def _add_deployment_batching(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE deployments ADD COLUMN batching TEXT"))
 
 
+def _add_batch_volumes(conn: Connection) -> None:
+    """Batch predictions keep the volumes their network reads."""
+    _create_missing_tables(conn)
+    found = inspect(conn)
+    if found.has_table("batch_predictions") and "volumes" not in {
+        c["name"] for c in found.get_columns("batch_predictions")
+    }:
+        conn.execute(text("ALTER TABLE batch_predictions ADD COLUMN volumes TEXT"))
+
+
 # version -> the step that upgrades a store at version-1 to version.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create_missing_tables,
@@ -63,6 +73,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _create_missing_tables,  # models, runs, epoch metrics, log lines
     4: _create_missing_tables,  # deployments, batch predictions
     5: _add_deployment_batching,
+    6: _add_batch_volumes,
 }
 
 

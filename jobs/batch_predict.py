@@ -10,7 +10,9 @@ reason, and the others are still predicted. jobs/batch_runner.py runs slices as 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,10 +49,13 @@ class Job:
     spec_text: str
     checkpoint: int | None  # None: the final weights
     k: int
+    tenant_id: int  # whose sandbox runs the network
     dataset_url: str | None = None  # an ingested dataset ...
     link_url: str | None = None  # ... or a linked one (ingested into the node cache) ...
     manifest: Manifest | None = None  # ... or a manifest uploaded with its files (parsed once)
     max_file_bytes: int = 256 << 20
+    tenant: str = ""
+    volumes: tuple[tuple[int, str], ...] = ()  # (volume, path) the network reads, read-only
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ def row_slices(rows: int, per_slice: int = MANIFEST_ROWS_PER_SLICE) -> list[tupl
 @torch.no_grad()
 def forward(p: Predictor, x: torch.Tensor) -> torch.Tensor:
     """Probabilities [N, classes] for a batch the loader already transformed."""
-    out = p.model(x.to(p.device))
+    out = p.network(x)
     if out.ndim != 2 or out.shape[1] != p.num_classes:
         raise ServerError(f"the network answered shape {list(out.shape)}, not [N, classes]")
     return out.float() if p.ends_in_softmax else torch.softmax(out.float(), dim=1)
@@ -277,7 +282,32 @@ def _top_k(p: Predictor, inputs: list[Any], k: int) -> list[list[dict[str, Any]]
 def predict_slice(job: Job, first: int, end: int | None) -> list[Row]:
     """One slice of a batch, from loading the model to its result rows (a Ray task runs it)."""
     torch.set_num_threads(1)
-    p = Predictor(job.model_url, job.spec_name, job.spec_text, job.checkpoint)
+    p = Predictor(
+        job.model_url,
+        job.spec_name,
+        job.spec_text,
+        job.checkpoint,
+        tenant_id=job.tenant_id,
+        mounts=job.volumes,
+        pull=_puller(job) if job.volumes else None,
+    )
+    try:
+        return _predict_slice(p, job, first, end)
+    finally:
+        p.close()
+
+
+def _puller(job: Job) -> Callable[[int, Path], object]:
+    """Fetches a volume's files for the task's sandbox (the task opens the store for it)."""
+    from cluster.store import open_store
+    from jobs import volume_sync
+    from ncloud.settings import settings
+
+    store = open_store(settings().db_url)
+    return lambda volume, into: volume_sync.pull(store, job.tenant, volume, into)
+
+
+def _predict_slice(p: Predictor, job: Job, first: int, end: int | None) -> list[Row]:
     if job.manifest is not None:
         m = job.manifest
         return predict_manifest(

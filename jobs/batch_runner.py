@@ -54,7 +54,10 @@ def plan(store: Store, batch: Batch) -> tuple[Job, list[Slice]]:
         model.spec_text,
         predictor.pinned_checkpoint(model.url),
         batch.k,
+        accounts.get_tenant(store, batch.tenant).id,
         max_file_bytes=settings().max_file_bytes,
+        tenant=batch.tenant,
+        volumes=tuple(batch.mounts()),
     )
     if batch.dataset_id is None:
         manifest = parse_manifest(storage.read_bytes(batch.manifest_url), batch.inputs_url)

@@ -9,6 +9,7 @@ fail a batch: it becomes a result row with an ``error``, counted in ``bad_rows``
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -72,6 +73,7 @@ batch_predictions = Table(
     Column("bad_rows", Integer, nullable=False, default=0),
     Column("error", Text),
     Column("result", String(64)),  # the result file's name, once Completed
+    Column("volumes", Text),  # JSON: [{"id", "path"}] the network reads, read-only
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
 )
@@ -96,6 +98,10 @@ class Batch:
     result: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    volumes: tuple[dict[str, Any], ...] = ()
+
+    def mounts(self) -> list[tuple[int, str]]:
+        return [(int(v["id"]), str(v["path"])) for v in self.volumes]
 
     @property
     def url(self) -> str:
@@ -132,6 +138,7 @@ class Batch:
             "bad_rows": self.bad_rows,
             "error": self.error,
             "result": self.result,
+            "volumes": [dict(v) for v in self.volumes],
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
@@ -163,6 +170,7 @@ def _batch(tenant: str, row: Any) -> Batch:
         m["result"],
         m["created_at"],
         m["updated_at"],
+        tuple(json.loads(m["volumes"]) if m["volumes"] else ()),
     )
 
 
@@ -175,6 +183,7 @@ def create(
     rows: int,
     dataset_id: int | None = None,
     manifest_name: str | None = None,
+    volumes: list[dict[str, Any]] | None = None,
 ) -> Batch:
     """A new batch: Queued over a dataset, Uploading over a manifest."""
     check_options(k, fmt)
@@ -196,6 +205,7 @@ def create(
                 rows=rows,
                 predicted=0,
                 bad_rows=0,
+                volumes=json.dumps(volumes) if volumes else None,
                 created_at=now,
                 updated_at=now,
             )

@@ -76,10 +76,16 @@ class Batching:
     max_batch: int = 32
     batch_wait_ms: float = 5.0
     max_queue: int = 256
+    # and the volumes its network reads: [{"id", "path"}], mounted read-only
+    volumes: tuple[dict[str, Any], ...] = ()
+
+    def mounts(self) -> list[tuple[int, str]]:
+        return [(int(v["id"]), str(v["path"])) for v in self.volumes]
 
     @classmethod
     def from_json(cls, text: str | None) -> Batching:
-        return cls(**json.loads(text)) if text else cls()
+        raw = json.loads(text) if text else {}
+        return cls(**{**raw, "volumes": tuple(raw.get("volumes") or ())})
 
 
 @dataclass(frozen=True)

@@ -116,9 +116,14 @@ class TrainOptions:
     keep_checkpoints: int = 3
     priority: int = 0
     seed: int = 0
+    # [{"id": volume id, "path": where the sandbox sees it}]; read-write, saved back after
+    volumes: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "volumes": [dict(v) for v in self.volumes]}
+
+    def mounts(self) -> list[tuple[int, str]]:
+        return [(int(v["id"]), str(v["path"])) for v in self.volumes]
 
 
 @dataclass(frozen=True)
@@ -181,9 +186,17 @@ def _model(tenant: str, row: Any) -> Model:
         m["train_dataset_id"],
         m["valid_dataset_id"],
         m["volume_id"],
-        TrainOptions(**json.loads(m["options"])),
+        _options(json.loads(m["options"]), m["volume_id"]),
         m["created_at"],
     )
+
+
+def _options(raw: dict[str, Any], volume_id: int | None) -> TrainOptions:
+    """A stored model's options; one stored before volumes had paths has its volume at /data."""
+    volumes = raw.pop("volumes", None)
+    if volumes is None and volume_id is not None:
+        volumes = [{"id": volume_id, "path": "/data"}]
+    return TrainOptions(**raw, volumes=tuple(volumes or ()))
 
 
 def _run(tenant: str, row: Any) -> Run:

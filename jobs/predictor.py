@@ -8,8 +8,9 @@ probabilities with a softmax unless the network already ends in one.
 
 from __future__ import annotations
 
-import io
 import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ import torch
 
 from jobs import checkpoints, specs, storage
 from jobs.elements import decode_audio, decode_features, decode_image, decode_text
+from jobs.sandbox.network import SandboxedNetwork
+from jobs.sandbox.staging import check_meta
 from jobs.transforms import build_transform
 from ncloud.errors import Conflict, InvalidInput, ServerError
 
@@ -35,27 +38,17 @@ def pinned_checkpoint(model_url: str) -> int | None:
     return int(found[-1]["epoch"])
 
 
-def weights_for(model_url: str, checkpoint: int | None) -> tuple[dict[str, Any], int | None]:
-    """The state dict to serve: a named checkpoint, else the final weights, else the newest."""
-    if checkpoint is not None:
-        return checkpoints.load(model_url, checkpoint)["model"], checkpoint
-    final = storage.join(model_url, "model.pt")
-    fs, path = storage.filesystem(final)
-    if fs.exists(path):
-        state = torch.load(io.BytesIO(storage.read_bytes(final)), weights_only=True)
-        return state, None
-    found = checkpoints.load_latest(model_url)
-    if found is None:
-        raise Conflict("this model has no checkpoint yet: train it (or wait for an epoch)")
-    return found[1]["model"], found[0]
-
-
-def read_meta(model_url: str) -> dict[str, Any]:
+def read_bytes_of_meta(model_url: str) -> bytes:
     url = storage.join(model_url, "meta.json")
     fs, path = storage.filesystem(url)
     if not fs.exists(path):
         raise Conflict("this model has not trained yet: it has no weights to serve")
-    return dict(json.loads(storage.read_bytes(url)))
+    return storage.read_bytes(url)
+
+
+def read_meta(model_url: str) -> dict[str, Any]:
+    """The run's meta.json, checked (the run's sandbox wrote it)."""
+    return check_meta(read_bytes_of_meta(model_url))
 
 
 class Predictor:
@@ -67,17 +60,29 @@ class Predictor:
         checkpoint: int | None = None,
         device: str = "cpu",
         max_pixels: int = 89_478_485,
+        *,
+        tenant_id: int,
+        gpus: tuple[str, ...] = (),
+        mounts: Sequence[tuple[int, str]] = (),
+        pull: Callable[[int, Path], object] | None = None,
     ) -> None:
-        self.meta = read_meta(model_url)
-        state, self.checkpoint = weights_for(model_url, checkpoint)
-        spec = specs.parse_spec(spec_name, spec_text)
+        self.meta = check_meta(read_bytes_of_meta(model_url))
+        specs.parse_spec(spec_name, spec_text)  # runs nothing: a stored spec that no longer parses
         self.num_classes = int(self.meta["num_classes"])
         self.input_shape = tuple(int(d) for d in self.meta["input_shape"])
-        built = specs.build(spec, self.num_classes, self.input_shape)
-        self.model = built.model
-        self.model.load_state_dict(state)
-        self.device = torch.device(device)
-        self.model.to(self.device).eval()
+        self.network = SandboxedNetwork(
+            model_url,
+            (spec_name, spec_text),
+            self.meta,
+            checkpoint,
+            tenant_id,
+            device,
+            gpus,
+            mounts,
+            pull,
+        )
+        self.checkpoint = self.network.checkpoint
+        self.device = torch.device(self.network.device)
         self.ends_in_softmax = bool(self.meta.get("ends_in_softmax"))
         self.kind = str(self.meta.get("kind", "image"))
         self.classes: list[str] | None = self.meta.get("classes")
@@ -138,8 +143,8 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, inputs: list[Any]) -> torch.Tensor:
         """[N, classes] for N decoded inputs, in one forward pass."""
-        x = self.transform(inputs, np.random.default_rng(0)).to(self.device)
-        out = self.model(x)
+        x = self.transform(inputs, np.random.default_rng(0))
+        out = self.network(x)
         if out.ndim != 2 or out.shape[1] != self.num_classes:
             raise ServerError(f"the network answered shape {list(out.shape)}, not [N, classes]")
         return out.float() if self.ends_in_softmax else torch.softmax(out.float(), dim=1)
@@ -164,6 +169,9 @@ class Predictor:
         """One forward of an all-zero example of the training shape (a health check)."""
         if self.dataset_shape is not None and self.kind == "image":
             self.probabilities([np.zeros(self.dataset_shape, np.uint8)])
+
+    def close(self) -> None:
+        self.network.close()
 
     def clamp_k(self, k: int) -> int:
         """k must be at least 1; above the number of classes it is clamped to it."""

@@ -1,10 +1,12 @@
 """The Ray side of training: one long-lived worker actor per bundle of a tenant's reservation.
 
 The controller keeps a pool of these (named, detached, pinned to their bundle) and hands
-each launch of a run to them. A worker forks the user's training into a child process
-from a pre-warmed fork server (jobs.worker_child), relays the child's events to the
-store (log lines, the progress line, epoch metrics, Running), enforces the bundle's
-memory, syncs a volume in and out, and answers `wait(key)` with the launch's outcome:
+each launch of a run to them. A worker runs the user's training in a sandbox that it
+started before the run came (jobs.sandbox): it stages the datasets and checkpoints in,
+relays the sandbox's events to the store (log lines, print() output, the progress line,
+epoch metrics, Running) and its collectives to the other workers, mirrors what the run
+wrote to storage, enforces the bundle's memory, syncs a volume in and out, and answers
+`wait(key)` with the launch's outcome:
 ``completed``, ``stopped``, ``failed`` (user code; not retried) or ``crashed`` (the
 process died; the controller resumes it). Launches are idempotent by key.
 """
@@ -14,27 +16,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import signal
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cluster import accounts
 from cluster.store import open_store
-from jobs import forking, linked, metrics, models, volume_sync
+from jobs import linked, metrics, models, volume_sync
 from jobs.models import RunStatus
+from jobs.sandbox import collective, frames, outputs, staging
+from jobs.sandbox.launch import Sandbox, WarmPool, new_slot
+from jobs.sandbox.policy import DEFAULT_DATA, Limits, Policy
 from ncloud.errors import NcloudError
 from ncloud.settings import settings
 from ncloud.validation import format_size
 
 log = logging.getLogger("ncloud.runner")
 FLUSH_S = 0.5
+COLLECTIVE_TIMEOUT_S = 600
 PROGRESS_S = 1.0
+MAX_LINE = 8192
 
 
 @dataclass
@@ -44,22 +47,9 @@ class Launch:
     rank: int
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, Any] | None = None
-    pid: int | None = None
+    box: Sandbox | None = None
     stop_asked: bool = False
-
-
-def _rss(pid: int) -> int:
-    """Resident bytes of a process and its children (best effort, from /proc)."""
-    total = 0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
+    dist_url: str | None = None
 
 
 class TrainWorker:
@@ -71,13 +61,33 @@ class TrainWorker:
         self.memory_limit = memory_limit
         self.launches: dict[str, Launch] = {}
         self.lock = threading.Lock()
-        self.ctx = forking.context(["torch", "jobs.preload", "jobs.trainer", "jobs.worker_child"])
-        # Start the fork server now, off the launch path: importing torch takes seconds.
-        threading.Thread(target=self._warm, daemon=True).start()
+        self.gpu_ids = (
+            tuple(os.environ.get("CUDA_VISIBLE_DEVICES", "").split(","))
+            if (os.environ.get("CUDA_VISIBLE_DEVICES"))
+            else ()
+        )
+        # Start a sandbox now, off the launch path: importing torch in it takes seconds.
+        self.pool = WarmPool(self._sandbox)
+        self.pool.fill()
 
-    def _warm(self) -> None:
-        with contextlib.suppress(Exception):
-            forking.warm()
+    def _sandbox(self, volumes: tuple[str, ...] = (DEFAULT_DATA,)) -> Sandbox:
+        policy = Policy(
+            new_slot("train"),
+            0,
+            Limits(memory_bytes=self.memory_limit, processes=512),
+            volumes=volumes,
+            gpus=self.gpu_ids,
+            single_tenant=settings().single_tenant,
+        )
+        return Sandbox("train", policy)
+
+    def _take(self, paths: list[str]) -> Sandbox:
+        """The warm sandbox (volume, if any, at /data); other mount points need a new one."""
+        if paths in ([], [DEFAULT_DATA]):
+            return self.pool.take()
+        box = self._sandbox(tuple(paths)).start()
+        box.wait_ready()
+        return box
 
     def rendezvous(self) -> str:
         """A tcp:// address on this node for torch.distributed's rank 0."""
@@ -111,7 +121,7 @@ class TrainWorker:
         return dict(launch.result or {"outcome": "crashed", "error": "no result"})
 
     def stop(self, key: str, grace_s: float) -> bool:
-        """SIGTERM the child (it checkpoints and ends); SIGKILL it after the grace period."""
+        """Ask the sandbox to checkpoint and end; kill it after the grace period."""
         with self.lock:
             launch = self.launches.get(key)
             if launch is None:  # the stop overtook the launch: it must never start
@@ -121,12 +131,12 @@ class TrainWorker:
         if launch.done.is_set():
             return False
         launch.stop_asked = True
-        if launch.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(launch.pid, signal.SIGTERM)
-        if not launch.done.wait(grace_s) and launch.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(launch.pid, signal.SIGKILL)
+        box = launch.box
+        if box is not None:
+            with contextlib.suppress(frames.FrameError):
+                box.send({"kind": "stop"})
+        if not launch.done.wait(grace_s) and launch.box is not None:
+            launch.box.kill()
             launch.done.wait(30)
         return True
 
@@ -136,20 +146,33 @@ class TrainWorker:
         run, model = models.get_run(self.store, launch.run_id)
         tenant_id = accounts.get_tenant(self.store, run.tenant).id
         relay = _Relay(self.store, run, tenant_id, launch.rank)
-        data_dir: str | None = None
-        pulled: dict[str, volume_sync.Pulled] = {}
+        box: Sandbox | None = None
+        mounts = model.options.mounts()
+        pulled: list[dict[str, volume_sync.Pulled]] = []
         try:
             cfg = self._resolve_data({**cfg, "cache_dir": str(settings().cache_dir)})
-            if model.volume_id is not None:
-                data_dir = tempfile.mkdtemp(prefix=f"ncloud-volume-{launch.key}-")
-                pulled = volume_sync.pull(self.store, run.tenant, model.volume_id, Path(data_dir))
-            launch.result = self._child(launch, cfg, relay, data_dir)
-            ended = launch.result.get("outcome") in ("completed", "stopped", "failed")
-            if model.volume_id is not None and data_dir and launch.rank == 0 and ended:
-                n = volume_sync.push(
-                    self.store, run.tenant, model.volume_id, Path(data_dir), pulled
+            launch.dist_url = cfg.get("dist_url")
+            box = launch.box = self._take([path for _, path in mounts])
+            box.on_log = relay.line
+            policy = box.policy
+            inside = staging.sandbox_config(policy, cfg)
+            mirror = staging.Mirror(policy.slot / "out" / "run", cfg.get("run_url") or "")
+            if launch.rank != 0:
+                mirror.run_url = ""  # rank 0 alone writes the run's files
+            mirror.sent = {f.name: (f.size, f.mtime_ns) for f in outputs.walk(mirror.run_dir)}
+            for i, (volume_id, _) in enumerate(mounts):
+                pulled.append(
+                    volume_sync.pull(self.store, run.tenant, volume_id, policy.volume_dir(i))
                 )
-                relay.line(f"saved {n} file(s) back to volume {model.volume_id}")
+            launch.result = self._sandboxed(launch, box, inside, relay, mirror, tenant_id)
+            ended = launch.result.get("outcome") in ("completed", "stopped", "failed")
+            if ended:
+                mirror.sync(final=True)
+            for i, (volume_id, path) in enumerate(mounts if launch.rank == 0 and ended else []):
+                n = volume_sync.push(
+                    self.store, run.tenant, volume_id, policy.volume_dir(i), pulled[i]
+                )
+                relay.line(f"saved {n} file(s) from {path} back to volume {volume_id}")
         except NcloudError as exc:
             launch.result = {"outcome": "failed", "error": exc.message}
         except Exception as exc:  # storage or store trouble: the platform's, so retry it
@@ -157,8 +180,8 @@ class TrainWorker:
             launch.result = {"outcome": "crashed", "error": f"{type(exc).__name__}: {exc}"}
         finally:
             relay.flush(force=True)
-            if data_dir:
-                shutil.rmtree(data_dir, ignore_errors=True)
+            if box is not None:
+                box.close()
             launch.done.set()
 
     def _resolve_data(self, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -169,44 +192,58 @@ class TrainWorker:
                 cfg[key] = linked.ensure_cached(link)
         return cfg
 
-    def _child(
-        self, launch: Launch, cfg: dict[str, Any], relay: _Relay, data_dir: str | None
+    def _sandboxed(
+        self,
+        launch: Launch,
+        box: Sandbox,
+        cfg: dict[str, Any],
+        relay: _Relay,
+        mirror: staging.Mirror,
+        tenant_id: int,
     ) -> dict[str, Any]:
-        from jobs import worker_child
+        """Run the rank in its sandbox: relay its events, its collectives and its memory."""
+        group = None
+        if cfg["world_size"] > 1:
+            group = _join_group(launch.dist_url, cfg["rank"], cfg["world_size"])
+        try:
+            box.begin({"cfg": cfg}, tenant_id)
+            if launch.stop_asked:
+                box.send({"kind": "stop"})
+            return self._follow(box, relay, mirror, group)
+        finally:
+            if group is not None:
+                _leave_group()
 
-        recv, send = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(
-            target=worker_child.main, args=(cfg, send, data_dir), name=f"ncloud-{launch.key}"
-        )
-        forking.start(proc)
-        send.close()
-        pid = launch.pid = int(proc.pid or 0)
-        if launch.stop_asked:
-            os.kill(pid, signal.SIGTERM)
+    def _follow(
+        self, box: Sandbox, relay: _Relay, mirror: staging.Mirror, group: Any
+    ) -> dict[str, Any]:
         outcome: dict[str, Any] | None = None
         over_memory = 0
-        while True:
-            if recv.poll(0.2):
-                try:
-                    kind, value = recv.recv()
-                except (EOFError, OSError):
-                    proc.join(timeout=30)
-                    break
-                if kind == "done":
-                    outcome = {"outcome": value.get("status", "completed"), **value}
+        while outcome is None:
+            frame = box.recv(0.2)
+            if frame is not None:
+                header, payload = frame
+                kind = header.get("kind")
+                if kind == "collective" and group is not None:
+                    box.send(*collective.relay(header, payload, group))
+                elif kind == "done":
+                    result = header.get("result")
+                    result = result if isinstance(result, dict) else {}
+                    outcome = {**result, "outcome": _status(result.get("status"))}
                 elif kind == "error":
-                    outcome = {"outcome": "failed", "error": value}
+                    outcome = {"outcome": "failed", "error": str(header.get("error"))[:8000]}
                 else:
-                    relay.event(kind, value)
-            elif not proc.is_alive():
+                    relay.event(str(kind), header, box.pid())
+                    if kind in ("epoch", "checkpoint"):
+                        mirror.sync()
+            elif not box.alive():
                 break
-            if self.memory_limit and (used := _rss(pid)) > self.memory_limit:
+            if self.memory_limit and (used := box.rss()) > self.memory_limit:
                 over_memory = used
-                proc.kill()
-                proc.join(timeout=30)
+                box.kill()
                 break
             relay.flush()
-        proc.join(timeout=30)
+        box.join(30)
         if over_memory:
             return {
                 "outcome": "failed",
@@ -215,9 +252,36 @@ class TrainWorker:
             }
         if outcome is not None:
             return outcome
-        code = proc.exitcode
-        how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
-        return {"outcome": "crashed", "error": f"the training process died ({how})"}
+        return {"outcome": "crashed", "error": f"the training process died ({box.exit_text()})"}
+
+
+def _status(value: Any) -> str:
+    return value if value in ("completed", "stopped") else "failed"
+
+
+def _join_group(dist_url: str | None, rank: int, world_size: int) -> Any:
+    """The trusted workers' own process group, which carries the sandboxes' collectives."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from jobs.sandbox.collective import TorchCollective
+
+    dist.init_process_group(
+        "gloo",
+        init_method=dist_url,
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
+    return TorchCollective(world_size)
+
+
+def _leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _Relay:
@@ -229,34 +293,53 @@ class _Relay:
         self.flushed_at = 0.0
         self.progress: str | None = None
         self.progress_at = 0.0
+        self.lock = threading.Lock()
 
     def line(self, text: str) -> None:
-        self.pending.append(text if self.rank == 0 else f"[rank {self.rank}] {text}")
+        with self.lock:
+            self.pending.append(text if self.rank == 0 else f"[rank {self.rank}] {text}")
 
-    def event(self, kind: str, value: Any) -> None:
+    def event(self, kind: str, value: dict[str, Any], pid: int) -> None:
+        """One event from the sandbox; what it says is checked, since the tenant wrote it."""
         if kind == "started" and self.rank == 0:
             with contextlib.suppress(NcloudError):
-                models.move(self.store, self.run.id, RunStatus.RUNNING, note=f"pid {value['pid']}")
+                models.move(self.store, self.run.id, RunStatus.RUNNING, note=f"pid {pid}")
         elif kind == "log":
-            self.line(str(value))
+            self.line(str(value.get("line"))[:MAX_LINE])
         elif kind == "progress" and self.rank == 0:
-            self.progress = str(value)
+            self.progress = str(value.get("line"))[:MAX_LINE]
         elif kind == "epoch" and self.rank == 0:
-            self.flush(force=True)
-            metrics.record_epoch(self.store, self.run, self.tenant_id, value)
-            self.line(_epoch_line(value))
+            m = _metrics(value.get("metrics"))
+            if m is not None:
+                self.flush(force=True)
+                metrics.record_epoch(self.store, self.run, self.tenant_id, m)
+                self.line(_epoch_line(m))
         elif kind == "checkpoint" and self.rank == 0:
-            self.line(f"checkpoint saved at epoch {value.get('epoch')}")
+            index = value.get("index")
+            epoch = index.get("epoch") if isinstance(index, dict) else None
+            self.line(f"checkpoint saved at epoch {epoch if type(epoch) is int else '?'}")
 
     def flush(self, force: bool = False) -> None:
         now = time.monotonic()
         if self.pending and (force or now - self.flushed_at > FLUSH_S):
-            lines, self.pending = self.pending, []
+            with self.lock:
+                lines, self.pending = self.pending, []
             metrics.add_lines(self.store, self.run, self.tenant_id, lines)
             self.flushed_at = now
         if self.progress is not None and (force or now - self.progress_at > PROGRESS_S):
             models.update_run(self.store, self.run.id, progress=self.progress)
             self.progress, self.progress_at = None, now
+
+
+def _metrics(raw: Any) -> dict[str, Any] | None:
+    """Epoch metrics as a run reports them: a small dict of numbers (or None), else None."""
+    if not isinstance(raw, dict) or len(raw) > 64 or type(raw.get("epoch")) is not int:
+        return None
+    ok = all(
+        isinstance(k, str) and len(k) <= 64 and (v is None or type(v) in (int, float))
+        for k, v in raw.items()
+    )
+    return dict(raw) if ok else None
 
 
 def _epoch_line(m: dict[str, Any]) -> str:

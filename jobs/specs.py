@@ -5,13 +5,12 @@ A YAML spec lists ``layers`` (see jobs/spec_layers.py) plus optional ``epochs``,
 A Python spec defines ``model(num_classes, input_shape) -> nn.Module`` and optionally
 ``optimizer(params)``, ``loss()``, ``scheduler(optimizer)`` and the constants ``EPOCHS``,
 ``BATCH_SIZE`` and ``TRANSFORM``. Parsing never runs user code; building does, so the API
-server checks .py specs with ``check_in_subprocess`` (in a forked child).
+server checks every spec in a sandbox (jobs.sandbox.check).
 """
 
 from __future__ import annotations
 
 import ast
-import sys
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,10 +21,9 @@ import torch
 import yaml
 from torch import nn
 
-from jobs import forking
 from jobs import spec_layers as sl
 from jobs.transforms import build_transform
-from ncloud.errors import ERRORS_BY_CODE, InvalidInput, NcloudError
+from ncloud.errors import InvalidInput, NcloudError
 
 T = TypeVar("T")
 PY_CONSTANTS = ("EPOCHS", "BATCH_SIZE", "TRANSFORM")
@@ -279,62 +277,8 @@ def check(spec: Spec, num_classes: int, input_shape: tuple[int, ...]) -> dict[st
     return {"parameters": parameters, "output_shape": list(x.shape), "layers": layers}
 
 
-def _checker() -> Any:
-    """A fork server with torch and this module imported: a check forks in milliseconds."""
-    return forking.context(["torch", "jobs.preload", "jobs.specs"])
-
-
-def warm_checker() -> None:
-    """Start the fork server now (off the request path: importing torch takes seconds)."""
-    _checker()
-    forking.warm()
-
-
-def check_in_subprocess(
-    spec: Spec, num_classes: int, input_shape: tuple[int, ...], timeout_s: float = 60
-) -> dict[str, Any]:
-    """check(), in a child process for .py specs so user code never runs in the caller."""
-    if spec.kind != "py":
-        return check(spec, num_classes, input_shape)
-    request = {
-        "name": spec.name,
-        "text": spec.text,
-        "num_classes": num_classes,
-        "input_shape": list(input_shape),
-    }
-    ctx = _checker()
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_check_child, args=(request, send), name="ncloud-spec-check")
-    forking.start(proc)
-    send.close()
-    try:
-        if not recv.poll(timeout_s):
-            raise InvalidInput(f"checking {spec.name} took over {timeout_s:g}s")
-        reply = recv.recv()
-    except (EOFError, OSError):
-        proc.join(timeout=5)
-        raise InvalidInput(
-            f"checking {spec.name} failed: its process died (exit {proc.exitcode})"
-        ) from None
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join(timeout=5)
-        recv.close()
-    if "ok" in reply:
-        return dict(reply["ok"])
-    raise ERRORS_BY_CODE.get(reply.get("error"), NcloudError)(str(reply.get("message", "")))
-
-
-def _check_child(request: dict[str, Any], conn: Any) -> None:
-    """Child side of check_in_subprocess: build and check, send one reply."""
-    sys.stdout = sys.stderr  # user print()s go to the log, not anywhere a reply is read
-    torch.set_num_threads(1)
-    conn.send(_check_request(request))
-    conn.close()
-
-
-def _check_request(request: dict[str, Any]) -> dict[str, Any]:
+def check_request(request: dict[str, Any]) -> dict[str, Any]:
+    """check() for a request of plain values; the reply is {"ok": ...} or {"error", "message"}."""
     name = str(request.get("name", "spec"))
     try:
         spec = parse_spec(name, request["text"])

@@ -13,10 +13,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from jobs import checkpoints, storage
 from jobs.loader import ShardLoader
+from jobs.sandbox.collective import (
+    Collective,
+    TorchCollective,
+    average_gradients,
+    broadcast_module,
+)
 from jobs.specs import build, parse_spec
 from jobs.train_data import Batch, StartedPass, input_shape, label_map, num_classes, on_device
 from jobs.transforms import ImageTransform
@@ -76,14 +81,14 @@ def progress_line(epoch: int, batch: int, batches: int, cost: float, elapsed_s: 
     )
 
 
-def _check_config(cfg: TrainConfig) -> None:
+def _check_config(cfg: TrainConfig, collective: Collective | None) -> None:
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1 or cfg.threads < 1:
         raise InvalidInput("epochs, batch_size, checkpoint_every and threads must be >= 1")
     if cfg.keep_checkpoints < 1:
         raise InvalidInput(f"keep_checkpoints {cfg.keep_checkpoints} must be >= 1")
     if cfg.world_size < 1 or not 0 <= cfg.rank < cfg.world_size:
         raise InvalidInput(f"rank {cfg.rank} is not in 0..{cfg.world_size - 1}")
-    if cfg.world_size > 1 and not cfg.dist_url:
+    if cfg.world_size > 1 and not cfg.dist_url and collective is None:
         raise InvalidInput("a run of several workers needs a dist_url (tcp://host:port)")
     if not 0.0 <= cfg.validation_percent < 1.0:
         raise InvalidInput(
@@ -105,9 +110,16 @@ def _write(url: str, data: bytes) -> None:
 class _Run:
     """One rank's run: the data, the built spec, and where it is."""
 
-    def __init__(self, cfg: TrainConfig, reporter: Reporter, should_stop: Callable[[], bool]):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        reporter: Reporter,
+        should_stop: Callable[[], bool],
+        collective: Collective | None,
+    ):
         self.cfg, self.reporter, self.should_stop = cfg, reporter, should_stop
-        self.lead, self.distributed = cfg.rank == 0, cfg.world_size > 1
+        self.lead, self.collective = cfg.rank == 0, collective
+        self.distributed = collective is not None
         cuda = torch.device("cuda", torch.cuda.current_device()) if cfg.gpus else None
         self.device = cuda or torch.device("cpu")
         spec = parse_spec(cfg.spec_name, cfg.spec_text)
@@ -147,10 +159,8 @@ class _Run:
         self.epochs_done, self.metrics = self._resume()
         self.ahead: dict[str, StartedPass] = {}  # passes begun early: "train", "valid"
         self.kept: dict[str, Batch] = {}  # whole passes held in memory (see KEEP_BYTES)
-        self.net: nn.Module = self.model
-        if self.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        if collective is not None:  # every rank starts from rank 0's weights
+            broadcast_module(collective, self.model)
         if self.lead and cfg.run_url:
             meta = {
                 "spec": spec.name,
@@ -195,21 +205,18 @@ class _Run:
 
     def _agree(self, value: int) -> int:
         """Rank 0's value, on every rank."""
-        if not self.distributed:
+        if self.collective is None:
             return value
-        t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        dist.broadcast(t, 0)
-        return int(t.item())
+        return int(self.collective.broadcast(torch.tensor([float(value)])).item())
 
     def _stop_voted(self, batch: int, batches: int) -> bool:
         """Whether to stop now; with several ranks all vote at the same batches and agree."""
-        if not self.distributed:
+        if self.collective is None:
             return self.should_stop()
         if batch % STOP_VOTE_EVERY and batch != batches:
             return False
-        flag = torch.tensor([1.0 if self.should_stop() else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        flag = torch.tensor([1.0 if self.should_stop() else 0.0])
+        return bool(self.collective.all_reduce(flag, "max").item())
 
     def _begin(self, name: str, loader: ShardLoader) -> None:
         if name not in self.ahead and name not in self.kept:
@@ -280,8 +287,8 @@ class _Run:
                 self._checkpoint(epoch - 1, self.metrics)
                 return {"status": "stopped", "epochs_done": epoch - 1, "metrics": self.metrics}
             sums = torch.cat([train_sums, self._validate(epoch)])
-            if self.distributed:
-                dist.all_reduce(sums)
+            if self.collective is not None:
+                sums = self.collective.all_reduce(sums)
             loss, seen, valid_loss, correct, valid_n = sums.tolist()
             self.metrics = {
                 "epoch": epoch,
@@ -309,7 +316,7 @@ class _Run:
         """[loss sum, examples] of this rank's epoch and its seconds; None when stopped."""
         if "train" not in self.ahead:
             self.train_data.set_epoch(epoch)
-        self.net.train()
+        self.model.train()
         loss_sum, seen = torch.zeros((), dtype=torch.float64, device=self.device), 0
         batches = len(self.train_data)
         started = last = time.perf_counter()
@@ -320,8 +327,10 @@ class _Run:
                 else:
                     self._begin_next_train(epoch)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(self.net(x), y)
+            loss = self.loss(self.model(x), y)
             loss.backward()
+            if self.collective is not None:
+                average_gradients(self.collective, self.model)
             self.optimizer.step()
             loss_sum.add_(loss.detach(), alpha=y.shape[0])  # on the device: no sync per batch
             seen += y.shape[0]
@@ -342,7 +351,7 @@ class _Run:
             return sums
         passing = self._batches("valid", self.valid_data, epoch)
         self._begin_next_train(epoch)
-        self.model.eval()  # the bare model: DDP would sync buffers on every forward
+        self.model.eval()
         with torch.no_grad():
             for x, y in passing:
                 if self.label_map is not None:
@@ -392,23 +401,29 @@ def _saved(state: dict[str, Any]) -> bytes:
 
 
 def train(
-    cfg: TrainConfig, reporter: Reporter, should_stop: Callable[[], bool] = lambda: False
+    cfg: TrainConfig,
+    reporter: Reporter,
+    should_stop: Callable[[], bool] = lambda: False,
+    collective: Collective | None = None,
 ) -> dict[str, Any]:
-    """Train one rank; {"status": "completed"|"stopped", "epochs_done", "metrics"}."""
-    _check_config(cfg)
+    """Train one rank; {"status": "completed"|"stopped", "epochs_done", "metrics"}.
+
+    With world_size > 1 the ranks average gradients through `collective` (a sandbox's
+    pipe to its trusted worker), or, without one, through torch.distributed at dist_url.
+    """
+    _check_config(cfg, collective)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     if cfg.gpus:
         torch.backends.cudnn.benchmark = True
-    if cfg.world_size > 1:
+    owned = cfg.world_size > 1 and collective is None
+    if owned:
         dist.init_process_group(
-            "nccl" if cfg.gpus else "gloo",
-            init_method=cfg.dist_url,
-            rank=cfg.rank,
-            world_size=cfg.world_size,
+            "gloo", init_method=cfg.dist_url, rank=cfg.rank, world_size=cfg.world_size
         )
+        collective = TorchCollective(cfg.world_size)
     try:
-        return _Run(cfg, reporter, should_stop).run()
+        return _Run(cfg, reporter, should_stop, collective).run()
     finally:
-        if cfg.world_size > 1 and dist.is_initialized():
+        if owned and dist.is_initialized():
             dist.destroy_process_group()

@@ -16,6 +16,8 @@ from cluster import accounts
 from cluster.store import Store
 from jobs import checkpoints, datasets, models, queue, specs, volumes
 from jobs.datasets import DatasetStatus
+from jobs.sandbox.check import check_spec
+from jobs.sandbox.policy import DEFAULT_DATA, check_mounts
 from jobs.transforms import build_transform
 from ncloud.errors import Conflict, InvalidInput
 
@@ -36,12 +38,28 @@ class Submission:
     batch_size: int | None = None
     workers: int = 1
     gpus: int = 0
-    volume: int | None = None
+    volume: int | None = None  # one volume at /data (what `volumes` says, for older clients)
+    volumes: list[dict[str, Any]] | None = None  # [{"id", "path"}], each read-write
     priority: int = 0
     max_restarts: int = 3
     checkpoint_every: int = 1
     keep_checkpoints: int = 3
     seed: int = 0
+
+
+def _mounts(store: Store, tenant: str, s: Submission) -> list[tuple[int, str]]:
+    """The run's volumes and where each is mounted, checked; each must be the tenant's."""
+    if s.volume is not None and s.volumes:
+        raise InvalidInput("give volume or volumes, not both")
+    wanted = [(s.volume, DEFAULT_DATA)] if s.volume is not None else []
+    for v in s.volumes or []:
+        if not isinstance(v, dict) or type(v.get("id")) is not int:
+            raise InvalidInput(f"a volume is {{'id': ID, 'path': '/data'}}, not {v!r}")
+        wanted.append((v["id"], str(v.get("path") or DEFAULT_DATA)))
+    check_mounts(wanted)
+    for volume_id, _ in wanted:
+        volumes.get_volume(store, tenant, volume_id)  # another tenant's id: 404
+    return wanted
 
 
 def usable_dataset(store: Store, tenant: str, dataset_id: int, role: str) -> datasets.Dataset:
@@ -86,13 +104,12 @@ def submit(store: Store, tenant: str, s: Submission) -> tuple[models.Model, mode
     train = usable_dataset(store, tenant, s.train_dataset, "training")
     if s.valid_dataset is not None:
         usable_dataset(store, tenant, s.valid_dataset, "validation")
-    if s.volume is not None:
-        volumes.get_volume(store, tenant, s.volume)
+    mounts = _mounts(store, tenant, s)
     t = accounts.get_tenant(store, tenant)
     queue.check_request(tenant, t.bundles, s.workers, s.gpus)
     shape = dataset_shape(train, spec.transform)
     if shape is not None:
-        specs.check_in_subprocess(spec, shape[0], shape[1])
+        check_spec(spec, shape[0], shape[1], t.id)
     options = models.TrainOptions(
         epochs=epochs,
         batch_size=batch,
@@ -104,6 +121,7 @@ def submit(store: Store, tenant: str, s: Submission) -> tuple[models.Model, mode
         keep_checkpoints=s.keep_checkpoints,
         priority=s.priority,
         seed=s.seed,
+        volumes=tuple({"id": v, "path": p} for v, p in mounts),
     )
     return models.create(
         store,
@@ -113,7 +131,7 @@ def submit(store: Store, tenant: str, s: Submission) -> tuple[models.Model, mode
         s.spec_text,
         s.train_dataset,
         s.valid_dataset,
-        s.volume,
+        mounts[0][0] if mounts else None,
         options,
     )
 

@@ -9,12 +9,12 @@ Files the run deleted stay in the volume.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.store import Store
 from jobs import storage, volumes
+from jobs.sandbox import outputs
 
 CHUNK = 1 << 20
 
@@ -43,35 +43,28 @@ def pull(store: Store, tenant: str, volume_id: int, into: Path) -> dict[str, Pul
     return pulled
 
 
-def changed(path: Path, was: Pulled | None) -> bool:
+def changed(source: Path, found: outputs.Found, was: Pulled | None) -> bool:
     """True for a file that was not pulled, or whose bytes differ from what was pulled."""
-    if was is None:
+    if was is None or found.size != was.size:
         return True
-    st = path.stat()
-    if st.st_size != was.size:
-        return True
-    if st.st_mtime_ns == was.mtime_ns:
+    if found.mtime_ns == was.mtime_ns:
         return False
     digest = hashlib.sha256()
-    for chunk in _chunks(path):
+    for chunk in outputs.chunks(source, found.name):
         digest.update(chunk)
     return digest.hexdigest() != was.sha256
 
 
 def push(store: Store, tenant: str, volume_id: int, source: Path, pulled: dict[str, Pulled]) -> int:
-    """Upload the files under `source` that the run wrote or changed; returns their count."""
+    """Upload the files under `source` that the run wrote or changed; returns their count.
+
+    The run owned `source`: links and anything but regular files are never followed.
+    """
     sent = 0
-    for path in sorted(source.rglob("*")):
-        if not path.is_file():
-            continue
-        name = path.relative_to(source).as_posix()
-        if changed(path, pulled.get(name)):
-            volumes.put_file(store, tenant, volume_id, name, _chunks(path))
+    for found in outputs.walk(source):
+        if changed(source, found, pulled.get(found.name)):
+            volumes.put_file(
+                store, tenant, volume_id, found.name, outputs.chunks(source, found.name)
+            )
             sent += 1
     return sent
-
-
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            yield chunk

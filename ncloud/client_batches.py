@@ -15,9 +15,18 @@ class Batches:
     def __init__(self, client: Client) -> None:
         self._c = client
 
-    def predict_dataset(self, model_id: int, dataset_id: int, k: int = 5, fmt: str = "csv") -> Any:
-        """Predict every row of a dataset; the batch runs at once."""
+    def predict_dataset(
+        self,
+        model_id: int,
+        dataset_id: int,
+        k: int = 5,
+        fmt: str = "csv",
+        volumes: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        """Predict every row of a dataset; the batch runs at once. volumes: [{"id", "path"}]."""
         body = {"model": model_id, "dataset": dataset_id, "k": k, "format": fmt}
+        if volumes:
+            body["volumes"] = volumes
         return self._c.request("POST", "/batches", json=body)
 
     def create_upload(
@@ -27,9 +36,13 @@ class Batches:
         name: str = "manifest.tsv",
         k: int = 5,
         fmt: str = "csv",
+        volumes: list[str] | None = None,
     ) -> Any:
-        """Register a batch over a new manifest; answers with the files it names ("needed")."""
-        params = {"model": model_id, "name": name, "k": k, "format": fmt}
+        """Register a batch over a new manifest; answers with the files it names ("needed").
+        volumes: "ID" or "ID:PATH" each."""
+        params: dict[str, Any] = {"model": model_id, "name": name, "k": k, "format": fmt}
+        if volumes:
+            params["volume"] = volumes
         return self._c.request("POST", "/batches/upload", content=manifest, params=params)
 
     def put_file(self, batch_id: int, name: str, chunks: Iterator[bytes], size: int) -> Any:

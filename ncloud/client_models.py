@@ -63,9 +63,10 @@ class Models:
         replicas: int = 1,
         gpus: int = 0,
         checkpoint: int | None = None,
-        **batching: float,
+        **batching: Any,
     ) -> Any:
-        """Deploy; `batching` takes max_batch, batch_wait_ms and max_queue (server defaults)."""
+        """Deploy; `batching` takes max_batch, batch_wait_ms, max_queue (server defaults) and
+        volumes ([{"id", "path"}], read-only)."""
         body = {"replicas": replicas, "gpus": gpus, "checkpoint": checkpoint, **batching}
         return self._c.request("POST", f"/models/{model_id}/deploy", json=body)
 

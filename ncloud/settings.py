@@ -44,6 +44,11 @@ class Settings:
     rc_path: Path
     # S3 endpoint for NCLOUD_STORAGE=s3://... and linked datasets (moto, MinIO). Default: AWS.
     s3_endpoint_url: str | None
+    # 1 runs tenant code without a sandbox: for a one-person laptop only. Default 0.
+    single_tenant: bool
+    # Host folder holding each sandbox's own folder (inputs, outputs, volumes).
+    # Default NCLOUD_HOME/sandboxes.
+    sandbox_dir: Path
 
 
 @functools.cache
@@ -63,4 +68,6 @@ def settings() -> Settings:
         debug=os.environ.get("NCLOUD_DEBUG", "0") not in ("", "0", "false"),
         rc_path=Path(os.environ.get("NCLOUD_RC") or Path.home() / ".ncloudrc").expanduser(),
         s3_endpoint_url=os.environ.get("NCLOUD_S3_ENDPOINT_URL") or None,
+        single_tenant=os.environ.get("NCLOUD_SINGLE_TENANT", "0") not in ("", "0", "false"),
+        sandbox_dir=Path(os.environ.get("NCLOUD_SANDBOX_DIR") or home / "sandboxes").expanduser(),
     )

@@ -78,3 +78,11 @@ def check_resources(cpus: float, gpus: float, memory: int) -> None:
         raise InvalidInput(f"gpus must be a whole number (got {gpus})")
     if cpus != int(cpus):
         raise InvalidInput(f"cpus must be a whole number (got {cpus})")
+
+
+def parse_mount(text: str) -> dict[str, int | str]:
+    """-v 7 or -v 9:/vocab -> {"id": 9, "path": "/vocab"} (the server checks the path)."""
+    volume, _, path = text.partition(":")
+    if not volume.strip().isdigit():
+        raise InvalidInput(f"volume {text!r}: give ID or ID:PATH, e.g. -v 7 or -v 9:/vocab")
+    return {"id": int(volume), "path": path or "/data"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from ray import serve
@@ -28,12 +27,10 @@ def api_application(env: dict[str, str], replicas: int = 1) -> Any:
     @serve.ingress(app)
     class Api:
         def __init__(self) -> None:
-            # Here, in the replica that checks .py specs, not in the driver that built the
-            # app: the checker's fork server (torch imported) is warm before the first one.
-            from jobs import specs
+            # Here, in the replica that checks specs, not in the driver that built the app:
+            # a check sandbox (torch imported) is waiting before the first submit.
+            from jobs.sandbox import check
 
-            threading.Thread(
-                target=specs.warm_checker, name="warm-spec-checker", daemon=True
-            ).start()
+            check.warm()
 
     return Api.bind()  # type: ignore[attr-defined]

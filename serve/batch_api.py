@@ -10,20 +10,22 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from jobs import batch_predict, batches, models, predictor, storage, training
+from jobs import batch_predict, batches, models, predictor, storage, training, volumes
 from jobs.batches import Batch, BatchStatus
 from jobs.manifest import parse_manifest
+from jobs.sandbox.policy import check_mounts
 from ncloud.errors import Conflict, PayloadTooLarge
 from ncloud.settings import settings
-from ncloud.validation import format_size
+from ncloud.validation import format_size, parse_mount
 from serve.auth import Caller
 from serve.datasets_api import named_files
 from serve.deps import caller, control, store
+from serve.schemas import MountIn
 from serve.uploads import receive_file
 
 router = APIRouter()
@@ -36,6 +38,15 @@ class BatchIn(BaseModel):
     dataset: int
     k: int = predictor.DEFAULT_K
     format: str = "csv"
+    volumes: list[MountIn] = Field(default_factory=list, max_length=8)
+
+
+def _volumes(tenant: str, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The volumes the batch's network reads, checked: the tenant's own, at allowed paths."""
+    check_mounts([(int(v["id"]), str(v["path"])) for v in wanted])
+    for v in wanted:
+        volumes.get_volume(store(), tenant, int(v["id"]))  # another tenant's id: 404
+    return wanted
 
 
 def usable_model(tenant: str, model_id: int) -> tuple[models.Model, dict[str, Any]]:
@@ -58,8 +69,9 @@ def predict_dataset(body: BatchIn, c: Caller = Depends(caller)) -> dict[str, Any
     model, meta = usable_model(tenant, body.model)
     ds = training.usable_dataset(store(), tenant, body.dataset, "the")
     batch_predict.check_dataset(meta, ds.info)
+    mounts = _volumes(tenant, [v.model_dump() for v in body.volumes])
     batch = batches.create(
-        store(), tenant, model.id, body.k, body.format, ds.rows, dataset_id=ds.id
+        store(), tenant, model.id, body.k, body.format, ds.rows, dataset_id=ds.id, volumes=mounts
     )
     return _started(batch)
 
@@ -71,11 +83,13 @@ async def upload_manifest(
     name: str = "manifest.tsv",
     k: int = predictor.DEFAULT_K,
     format: str = "csv",
+    volume: list[str] = Query([], description="ID or ID:PATH, repeatable (read-only)"),
     c: Caller = Depends(caller),
 ) -> dict[str, Any]:
     """Register a batch over a new manifest (the body); PUT the files it names, then start."""
     tenant = c.require_tenant()
     batches.check_options(k, format)
+    mounts = await run_in_threadpool(_volumes, tenant, [parse_mount(v) for v in volume])
     manifest_name = storage.relative_name(posixpath.basename(name.replace("\\", "/")))
     body = await request.body()
     if len(body) > settings().max_body_bytes * 16:
@@ -87,7 +101,14 @@ async def upload_manifest(
 
     def register() -> dict[str, Any]:
         batch = batches.create(
-            store(), tenant, model, k, format, len(manifest.rows), manifest_name=manifest_name
+            store(),
+            tenant,
+            model,
+            k,
+            format,
+            len(manifest.rows),
+            manifest_name=manifest_name,
+            volumes=mounts,
         )
         storage.write_stream(batch.manifest_url, [body], len(body))
         return {**batch.as_json(), "needed": sorted(needed)}

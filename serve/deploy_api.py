@@ -19,6 +19,7 @@ from serve.auth import Caller
 from serve.deps import caller, control, store
 from serve.errors import install_error_handlers
 from serve.model_requests import authorize
+from serve.schemas import MountIn
 
 router = APIRouter()
 DEFAULTS = deployments.Batching()
@@ -37,6 +38,7 @@ class DeployIn(BaseModel):
     max_queue: int = Field(
         DEFAULTS.max_queue, ge=1, le=100_000, description="inputs waiting in a replica before 503"
     )
+    volumes: list[MountIn] = Field(default_factory=list, max_length=8)
 
 
 def _with_url(request: Request, found: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def deploy(
 ) -> dict[str, Any]:
     tenant = c.require_tenant()
     models.get(store(), tenant, model_id)
-    batching = body.model_dump(include={"max_batch", "batch_wait_ms", "max_queue"})
+    batching = body.model_dump(include={"max_batch", "batch_wait_ms", "max_queue", "volumes"})
     found = control().call(
         "deploy_model", tenant, model_id, body.replicas, body.gpus, body.checkpoint, batching
     )

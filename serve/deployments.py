@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
@@ -26,8 +26,9 @@ from ray.serve.config import BackpressureConfig
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from cluster import accounts
 from cluster.store import open_store
-from jobs import models
+from jobs import models, volume_sync
 from jobs.predictor import Predictor
 from ncloud.errors import NcloudError, NotFound, PayloadTooLarge, Unavailable
 from serve import limits
@@ -54,6 +55,7 @@ class ServeConfig:
     max_batch: int
     batch_wait_s: float
     max_queue: int  # inputs waiting in one replica before new requests get 503
+    volumes: list[dict[str, Any]] = field(default_factory=list)  # read-only in the sandbox
 
 
 def model_application(
@@ -89,8 +91,18 @@ def model_application(
             self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # from the reservation
             device = "cuda" if self.cfg.gpus and torch.cuda.is_available() else "cpu"
             torch.set_num_threads(1)
+            tenant_id = accounts.get_tenant(self.store, self.cfg.tenant).id
+            cfg_tenant = self.cfg.tenant
             self.predictor = Predictor(
-                model.url, model.spec_name, model.spec_text, self.cfg.checkpoint, device
+                model.url,
+                model.spec_name,
+                model.spec_text,
+                self.cfg.checkpoint,
+                device,
+                tenant_id=tenant_id,
+                gpus=tuple(self.gpu_ids),
+                mounts=[(int(v["id"]), str(v["path"])) for v in self.cfg.volumes],
+                pull=lambda volume, into: volume_sync.pull(self.store, cfg_tenant, volume, into),
             )
             self._forward.set_max_batch_size(self.cfg.max_batch)  # type: ignore[attr-defined]
             self._forward.set_batch_wait_timeout_s(self.cfg.batch_wait_s)  # type: ignore[attr-defined]

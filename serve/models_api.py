@@ -16,6 +16,7 @@ from jobs.models import RunStatus
 from ncloud.errors import InvalidInput, NotFound
 from serve.auth import Caller
 from serve.deps import caller, control, store
+from serve.schemas import MountIn
 
 router = APIRouter()
 STOP_WAIT_S = 45.0
@@ -35,6 +36,7 @@ class TrainIn(BaseModel):
     workers: int = Field(1, ge=1, le=64)
     gpus: int = Field(0, ge=0, le=8)
     volume: int | None = None
+    volumes: list[MountIn] = Field(default_factory=list, max_length=8)
     priority: int = Field(0, ge=-100, le=100)
     max_restarts: int = Field(3, ge=0, le=100)
     checkpoint_every: int = Field(1, ge=1)
@@ -79,7 +81,7 @@ def describe(
         "deployment": dep.value if dep else None,
         "train_dataset": model.train_dataset_id,
         "valid_dataset": model.valid_dataset_id,
-        "volume": model.volume_id,
+        "volume": model.volume_id,  # the first of `volumes`
         **{k: v for k, v in model.options.as_dict().items() if k != "epochs"},
         "created_at": model.created_at.isoformat(),
         "started_at": run.started_at.isoformat() if run.started_at else None,

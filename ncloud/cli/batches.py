@@ -60,7 +60,9 @@ def wait_done(batch_id: int) -> Any:
     )
 
 
-def _upload(model_id: int, manifest: Path, k: int, fmt: str, parallel: int) -> Any:
+def _upload(
+    model_id: int, manifest: Path, k: int, fmt: str, parallel: int, volumes: list[str]
+) -> Any:
     from ncloud.uploads import manifest_files, upload_files
 
     if not manifest.is_file():
@@ -71,7 +73,7 @@ def _upload(model_id: int, manifest: Path, k: int, fmt: str, parallel: int) -> A
     if len(missing) > 5:
         message(f"[yellow]warning:[/yellow] ... and {len(missing) - 5} more files not found")
     batches = common.client().batches
-    created = batches.create_upload(model_id, manifest.read_bytes(), manifest.name, k, fmt)
+    created = batches.create_upload(model_id, manifest.read_bytes(), manifest.name, k, fmt, volumes)
     batch_id = created["id"]
     upload_files(
         files,
@@ -95,14 +97,22 @@ def predict(
         ResultFormat.csv
     ),
     parallel: Annotated[int, typer.Option(help="Files sent at once.")] = 4,
+    volume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--volume", "-v", help="ID[:PATH], repeatable: a volume the network reads (read-only)."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow it to the end.")] = True,
     output: OutputOpt = Output.table,
 ) -> None:
     """Predict every row of a dataset, or of a new manifest (its files are uploaded)."""
+    mounts = [common.parse_mount(v) for v in volume or []]
     if dataset is not None and manifest is None:
-        found = common.client().batches.predict_dataset(model_id, dataset, k, fmt.value)
+        found = common.client().batches.predict_dataset(model_id, dataset, k, fmt.value, mounts)
     elif manifest is not None and dataset is None:
-        found = _upload(model_id, manifest, k, fmt.value, parallel)
+        texts = [f"{m['id']}:{m['path']}" for m in mounts]
+        found = _upload(model_id, manifest, k, fmt.value, parallel, texts)
     else:
         raise UsageError("give exactly one of --dataset ID and --manifest PATH")
     batch_id = found["id"]

@@ -13,6 +13,7 @@ import typer
 from ncloud import config
 from ncloud.errors import NcloudError, UsageError
 from ncloud.render import Output, err
+from ncloud.validation import parse_mount as parse_mount
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]

@@ -37,12 +37,23 @@ def deploy(
         int | None,
         typer.Option("--max-queue", help="Inputs waiting per replica before 503 (default 256)."),
     ] = None,
+    volume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--volume", "-v", help="ID[:PATH], repeatable: a volume the network reads (read-only)."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until Deployed.")] = True,
     output: OutputOpt = Output.table,
 ) -> None:
     """Serve a trained model over HTTP; prints its URL and a deployment token (shown once)."""
     models = common.client().models
-    batching = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "max_queue": max_queue}
+    batching: dict[str, Any] = {
+        "max_batch": max_batch,
+        "batch_wait_ms": batch_wait_ms,
+        "max_queue": max_queue,
+        "volumes": [common.parse_mount(v) for v in volume or []] or None,
+    }
     chosen = {k: v for k, v in batching.items() if v is not None}
     found = models.deploy(model_id, replicas, gpus, checkpoint, **chosen)
     token = found.pop("token")

@@ -90,7 +90,12 @@ def train(
     workers: Annotated[int, typer.Option("--workers", "-w", help="Data-parallel workers.")] = 1,
     gpus: Annotated[int, typer.Option("--gpus", "-g", help="GPUs per worker.")] = 0,
     volume: Annotated[
-        int | None, typer.Option("--volume", "-v", help="Volume at NCLOUD_DATA_DIR.")
+        list[str] | None,
+        typer.Option(
+            "--volume",
+            "-v",
+            help="ID[:PATH], repeatable: a volume mounted read-write at PATH (default /data).",
+        ),
     ] = None,
     priority: Annotated[int, typer.Option("--priority", help="Higher runs first.")] = 0,
     max_restarts: Annotated[int, typer.Option("--max-restarts")] = 3,
@@ -122,7 +127,7 @@ def train(
         batch_size=batch_size,
         workers=workers,
         gpus=gpus,
-        volume=volume,
+        volumes=[common.parse_mount(v) for v in volume or []] or None,
         priority=priority,
         max_restarts=max_restarts,
         checkpoint_every=checkpoint_every,

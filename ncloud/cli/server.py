@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -31,10 +32,23 @@ def start(
     address: Annotated[
         str | None, typer.Option(help="Attach to this Ray cluster instead of starting one.")
     ] = None,
+    single_tenant: Annotated[
+        bool,
+        typer.Option(
+            "--single-tenant",
+            help="Run tenant code without a sandbox: only for a machine one person uses.",
+        ),
+    ] = False,
     output: OutputOpt = Output.table,
 ) -> None:
     """Start a local Ray head (on loopback) and the ncloud control plane on it."""
     from cluster import local
+    from ncloud.settings import settings
+
+    if single_tenant:  # the head, the controller and every replica inherit it
+        os.environ["NCLOUD_SINGLE_TENANT"] = "1"
+        settings.cache_clear()
+        message("[yellow]single-tenant: tenant code runs WITHOUT a sandbox[/yellow]")
 
     message("starting ncloud (Ray head, controller, API)...")
     state = local.start(

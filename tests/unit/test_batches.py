@@ -162,7 +162,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model = root / "model"
     cfg = TrainConfig("mlp.yaml", MLP, urls["train"], urls["valid"], epochs=3, run_url=str(model))
     train(cfg, Recorder())
-    job = Job(str(model), "mlp.yaml", MLP, predictor.pinned_checkpoint(str(model)), k=3)
+    job = Job(
+        str(model), "mlp.yaml", MLP, predictor.pinned_checkpoint(str(model)), k=3, tenant_id=1
+    )
     return {"root": root, "job": job, **urls}
 
 

@@ -44,7 +44,7 @@ def _png(path: Path) -> bytes:
 
 
 def test_top_k_is_sorted_labelled_and_mostly_right(trained: dict[str, Any]) -> None:
-    p = Predictor(trained["run"], "mlp.yaml", MLP)
+    p = Predictor(trained["run"], "mlp.yaml", MLP, tenant_id=1)
     files = trained["root"] / "files"
     rows = [line.split("\t") for line in (files / "holdout.tsv").read_text().splitlines()[1:]]
     decoded = [p.decode(name, (files / name).read_bytes()) for name, _ in rows]
@@ -59,7 +59,7 @@ def test_top_k_is_sorted_labelled_and_mostly_right(trained: dict[str, Any]) -> N
 
 
 def test_other_sizes_and_colours_are_fitted_to_training_shape(trained: dict[str, Any]) -> None:
-    p = Predictor(trained["run"], "mlp.yaml", MLP)
+    p = Predictor(trained["run"], "mlp.yaml", MLP, tenant_id=1)
     out = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(out, "PNG")
     x = p.decode("big.png", out.getvalue())
@@ -77,7 +77,7 @@ def test_other_sizes_and_colours_are_fitted_to_training_shape(trained: dict[str,
 def test_bad_inputs_name_the_input(
     trained: dict[str, Any], name: str, data: bytes, match: str
 ) -> None:
-    p = Predictor(trained["run"], "mlp.yaml", MLP)
+    p = Predictor(trained["run"], "mlp.yaml", MLP, tenant_id=1)
     with pytest.raises(InvalidInput, match=match):
         p.decode(name, data)
     with pytest.raises(InvalidInput, match="k must be at least 1"):
@@ -88,15 +88,15 @@ def test_a_named_checkpoint_and_a_model_that_never_trained(
     trained: dict[str, Any], tmp_path: Path
 ) -> None:
     first = checkpoints.list_checkpoints(trained["run"])[0]["epoch"]
-    p = Predictor(trained["run"], "mlp.yaml", MLP, checkpoint=first)
+    p = Predictor(trained["run"], "mlp.yaml", MLP, checkpoint=first, tenant_id=1)
     assert p.checkpoint == first
     assert read_meta(trained["run"])["classes"][0] == "eight"
     with pytest.raises(Conflict, match="not trained"):
-        Predictor(str(tmp_path), "mlp.yaml", MLP)
+        Predictor(str(tmp_path), "mlp.yaml", MLP, tenant_id=1)
 
 
 def test_raw_outputs_are_probabilities(trained: dict[str, Any]) -> None:
-    p = Predictor(trained["run"], "mlp.yaml", MLP)
+    p = Predictor(trained["run"], "mlp.yaml", MLP, tenant_id=1)
     files = trained["root"] / "files"
     x = p.decode("h.png", (files / "holdout" / "0000.png").read_bytes())
     probs = p.probabilities([x])

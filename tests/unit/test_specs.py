@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.specs import Spec, build, check, check_in_subprocess, parse_spec
+from jobs.sandbox.check import check_spec
+from jobs.specs import Spec, build, check, parse_spec
 from ncloud.errors import InvalidInput
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -183,18 +184,18 @@ def model(num_classes, input_shape):
 """
 
 
-def test_check_in_subprocess_round_trip() -> None:
-    report = check_in_subprocess(parse_spec("good.py", GOOD_PY), 10, DIGITS)
+def test_sandboxed_check_round_trip() -> None:
+    report = check_spec(parse_spec("good.py", GOOD_PY), 10, DIGITS, tenant_id=1)
     assert report == {"parameters": 256 * 10 + 10, "output_shape": [2, 10], "layers": 2}
     bad = parse_spec("bad.py", GOOD_PY.replace("nn.LazyLinear(num_classes)", "nn.LazyLinear(7)"))
     with pytest.raises(InvalidInput, match=r"bad\.py: the network's output has shape \[2, 7\]"):
-        check_in_subprocess(bad, 10, DIGITS)
+        check_spec(bad, 10, DIGITS, tenant_id=1)
 
 
-def test_check_in_subprocess_times_out() -> None:
+def test_sandboxed_check_times_out() -> None:
     slow = parse_spec("slow.py", "import time\ntime.sleep(30)\ndef model(n, s):\n    pass\n")
     with pytest.raises(InvalidInput, match=r"checking slow\.py took over 1\.5s"):
-        check_in_subprocess(slow, 10, DIGITS, timeout_s=1.5)
+        check_spec(slow, 10, DIGITS, tenant_id=1, timeout_s=1.5)
 
 
 def test_mlp_learns_a_separable_problem() -> None:

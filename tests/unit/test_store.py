@@ -71,3 +71,16 @@ def test_a_version_4_store_gains_the_deployments_batching_column(
         columns = {c[1] for c in conn.execute(text("PRAGMA table_info(deployments)"))}
     assert "batching" in columns
     assert deployments.Batching.from_json(None) == deployments.Batching()
+
+
+def test_a_version_5_store_gains_the_batch_volumes_column(store: store_mod.Store) -> None:
+    import jobs.batches  # noqa: F401  (its table)
+
+    with store.write() as conn:
+        conn.execute(text("ALTER TABLE batch_predictions DROP COLUMN volumes"))
+    _set_version(store, 5)
+    upgraded = open_store(store.url, migrate=True)
+    assert upgraded.version() == SCHEMA_VERSION
+    with upgraded.read() as conn:
+        columns = {c[1] for c in conn.execute(text("PRAGMA table_info(batch_predictions)"))}
+    assert "volumes" in columns

@@ -12,6 +12,8 @@ import pytest
 from cluster import accounts
 from cluster.store import Store
 from jobs import storage, volume_sync, volumes
+from jobs.sandbox import outputs
+from ncloud.errors import InvalidInput
 
 
 def _stored(tenant: str, volume_id: int, name: str) -> bytes:
@@ -64,12 +66,36 @@ def test_changed_decides_from_size_mtime_and_then_the_hash(tmp_path: Path) -> No
     f.write_bytes(b"same")
     st = f.stat()
     was = volume_sync.Pulled(st.st_size, st.st_mtime_ns, hashlib.sha256(b"same").hexdigest())
-    assert volume_sync.changed(f, None)  # never pulled: new
-    assert not volume_sync.changed(f, was)  # as pulled
+
+    def changed() -> bool:
+        (found,) = outputs.walk(tmp_path)
+        return volume_sync.changed(tmp_path, found, was)
+
+    (found,) = outputs.walk(tmp_path)
+    assert volume_sync.changed(tmp_path, found, None)  # never pulled: new
+    assert not changed()  # as pulled
     os.utime(f, ns=(st.st_mtime_ns + 10**9, st.st_mtime_ns + 10**9))
-    assert not volume_sync.changed(f, was)  # touched, same bytes
+    assert not changed()  # touched, same bytes
     f.write_bytes(b"SAME")
     os.utime(f, ns=(st.st_mtime_ns + 2 * 10**9, st.st_mtime_ns + 2 * 10**9))
-    assert volume_sync.changed(f, was)  # same size, other bytes
+    assert changed()  # same size, other bytes
     f.write_bytes(b"longer")
-    assert volume_sync.changed(f, was)  # other size
+    assert changed()  # other size
+
+
+def test_the_walk_skips_links_and_fifos_a_run_left(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("the Ray token")
+    volume = tmp_path / "volume"
+    (volume / "sub").mkdir(parents=True)
+    (volume / "sub" / "ok.txt").write_text("mine")
+    (volume / "link").symlink_to(secret)
+    (volume / "dirlink").symlink_to(tmp_path)
+    os.mkfifo(volume / "fifo")
+    assert [f.name for f in outputs.walk(volume)] == ["sub/ok.txt"]
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        outputs.read(volume, "link", 100)
+    with pytest.raises(OSError):
+        outputs.read(volume, "dirlink/secret", 100)
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        outputs.read(volume, "fifo", 100)

@@ -1,0 +1,1 @@
+"""The sandbox that every piece of tenant code runs in (see jobs/sandbox/launch.py)."""

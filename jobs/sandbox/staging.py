@@ -1,0 +1,151 @@
+"""Training's I/O on the trusted side: a run's inputs into its sandbox, its outputs back out.
+
+In: each dataset's index.json and shards (hard links to this node's cache, so nothing
+is copied), and, to resume, the run's checkpoints. Out: meta.json, model.pt and the
+checkpoints the run wrote, mirrored to the run's storage prefix (data before index;
+pruned ones removed), read without following links (jobs.sandbox.outputs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from jobs import checkpoints, storage
+from jobs.cache import ensure_local
+from jobs.sandbox import outputs
+from jobs.sandbox.policy import Policy
+from jobs.shards import read_index, shard_url
+from ncloud.errors import InvalidInput
+
+CHECKPOINT = re.compile(r"ckpt-\d{4,9}\.(pt|json)")
+MAX_META = 1 << 20
+MAX_FILE = 1 << 40
+KINDS = ("image", "text", "audio", "features")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def stage_dataset(url: str, cache_dir: Path, target: Path) -> None:
+    """An ingested dataset as a local folder: index.json and shards/, from the node cache."""
+    index = read_index(url)
+    (target / "shards").mkdir(parents=True, exist_ok=True)
+    for info in index.shards:
+        local = ensure_local(shard_url(url, info.name), info.sha256, cache_dir)
+        _link_or_copy(local, target / "shards" / info.name)
+    fs, root = storage.filesystem(url)
+    (target / "index.json").write_bytes(fs.cat_file(f"{root.rstrip('/')}/index.json"))
+
+
+def stage_checkpoints(run_url: str, target: Path) -> None:
+    """The run's stored checkpoints into target/checkpoints (to resume from)."""
+    (target / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for index in checkpoints.list_checkpoints(run_url):
+        epoch = int(index["epoch"])
+        for suffix in ("pt", "json"):
+            url = checkpoints.checkpoint_url(run_url, epoch, suffix)
+            with open(target / "checkpoints" / f"ckpt-{epoch:04d}.{suffix}", "wb") as out:
+                for chunk in storage.read_chunks(url):
+                    out.write(chunk)
+
+
+def sandbox_config(policy: Policy, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Stage what cfg names into the policy's slot; the TrainConfig the sandbox sees."""
+    cache_dir = Path(cfg["cache_dir"])
+    inside: dict[str, Any] = {**cfg, "cache_dir": None, "dist_url": None}
+    for role in ("train", "valid"):
+        url = cfg.get(f"{role}_url")
+        if url:
+            stage_dataset(url, cache_dir, policy.slot / "in" / role)
+            inside[f"{role}_url"] = policy.inside(policy.slot / "in" / role)
+    run_dir = policy.slot / "out" / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("run_url") and (cfg.get("resume") or cfg.get("resume_epoch") is not None):
+        stage_checkpoints(cfg["run_url"], run_dir)
+    inside["run_url"] = policy.inside(run_dir) if cfg.get("run_url") else ""
+    return inside
+
+
+def check_meta(data: bytes) -> dict[str, Any]:
+    """meta.json as the run wrote it, refused unless it has the shape the predictor reads."""
+    try:
+        meta = json.loads(data)
+    except ValueError as exc:
+        raise InvalidInput(f"meta.json is not JSON: {exc}") from exc
+    n, shape = meta.get("num_classes") if isinstance(meta, dict) else None, None
+    if isinstance(meta, dict):
+        shape = meta.get("input_shape")
+    ok = (
+        type(n) is int
+        and 1 <= n <= 1_000_000
+        and isinstance(shape, list)
+        and 1 <= len(shape) <= 8
+        and all(type(d) is int and 1 <= d <= 1 << 20 for d in shape)
+        and meta.get("kind") in KINDS
+        and isinstance(meta.get("ends_in_softmax"), bool)
+        and (meta.get("transform") is None or isinstance(meta.get("transform"), dict))
+    )
+    classes = meta.get("classes") if isinstance(meta, dict) else None
+    if ok and classes is not None:
+        ok = (
+            isinstance(classes, list)
+            and len(classes) == n
+            and all(isinstance(c, str) for c in classes)
+        )
+    if not ok:
+        raise InvalidInput("meta.json does not describe a trained network")
+    return dict(meta)
+
+
+class Mirror:
+    """Copies a sandbox's out/run folder to the run's storage prefix, new files only."""
+
+    def __init__(self, run_dir: Path, run_url: str) -> None:
+        self.run_dir, self.run_url = run_dir, run_url
+        self.sent: dict[str, tuple[int, int]] = {}
+
+    def _send(self, found: outputs.Found) -> None:
+        if self.sent.get(found.name) == (found.size, found.mtime_ns):
+            return
+        url = storage.join(self.run_url, found.name)
+        if found.name == "meta.json":
+            data = check_meta(outputs.read(self.run_dir, found.name, MAX_META))
+            storage.write_stream(url, [json.dumps(data, indent=1).encode()], MAX_META)
+        else:
+            chunks = outputs.chunks(self.run_dir, found.name, MAX_FILE)
+            storage.write_stream(url, chunks, MAX_FILE)
+        self.sent[found.name] = (found.size, found.mtime_ns)
+
+    def sync(self, final: bool = False) -> None:
+        """meta.json, then each new checkpoint (.pt before its .json), then model.pt at the end;
+        stored checkpoints the run pruned are removed."""
+        if not self.run_url:
+            return
+        files = {f.name: f for f in outputs.walk(self.run_dir)}
+        if "meta.json" in files:
+            self._send(files["meta.json"])
+        local = sorted(
+            n.split("/", 1)[1]
+            for n in files
+            if n.startswith("checkpoints/") and CHECKPOINT.fullmatch(n.split("/", 1)[1])
+        )
+        for name in sorted(local, key=lambda n: (n.rsplit(".", 1)[0], n.endswith(".json"))):
+            self._send(files[f"checkpoints/{name}"])
+        fs, root = storage.filesystem(storage.join(self.run_url, "checkpoints"))
+        if fs.exists(root):
+            for path in sorted(fs.ls(root, detail=False)):
+                name = str(path).rstrip("/").rsplit("/", 1)[-1]
+                if CHECKPOINT.fullmatch(name) and name not in local:
+                    fs.rm(path)
+                    self.sent.pop(f"checkpoints/{name}", None)
+        if final and "model.pt" in files:
+            self._send(files["model.pt"])

@@ -1,0 +1,86 @@
+"""The sandbox on its own (no Ray): frames, the bubblewrap command, and a real sandbox."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+
+from jobs.sandbox import frames
+from jobs.sandbox.launch import Sandbox, new_slot, self_test
+from jobs.sandbox.policy import Policy, SandboxUnavailable, command
+from ncloud.settings import settings
+
+
+def test_frames_round_trip_and_refuse_what_is_not_a_frame() -> None:
+    buf = io.BytesIO()
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    frames.write(buf, {"kind": "output", **frames.array_header(a)}, a.tobytes())
+    buf.seek(0)
+    header, payload = frames.read(buf)
+    assert header["kind"] == "output"
+    np.testing.assert_array_equal(frames.to_array(header, payload), a)
+    with pytest.raises(frames.FrameError, match="does not fit"):
+        frames.to_array({"dtype": "float32", "shape": [3, 3]}, payload)
+    with pytest.raises(frames.FrameError, match="dtype"):
+        frames.to_array({"dtype": "object", "shape": [1]}, b"x")
+    with pytest.raises(frames.FrameError, match="closed"):
+        frames.read(io.BytesIO(b"\x00\x00"))
+    with pytest.raises(frames.FrameError, match="over the limit"):
+        frames.read(io.BytesIO(b"\xff\xff\xff\xff\x00\x00\x00\x00"))
+    with pytest.raises(frames.FrameError, match="not JSON"):
+        frames.read(io.BytesIO(b"\x00\x00\x00\x02\x00\x00\x00\x00{x"))
+
+
+def test_the_command_binds_only_what_it_lists_and_clears_the_environment() -> None:
+    os.environ["NCLOUD_SECRET_FOR_TEST"] = "x"
+    try:
+        args = command(Policy(new_slot("t"), 7), ["python"])
+    finally:
+        del os.environ["NCLOUD_SECRET_FOR_TEST"]
+    text = " ".join(args)
+    assert "--clearenv" in args and "--unshare-net" in args and "--unshare-pid" in args
+    assert "NCLOUD_SECRET_FOR_TEST" not in text and str(settings().home) not in text.replace(
+        str(settings().sandbox_dir), ""
+    )
+    assert "--setenv NCLOUD_DATA_DIR /data" in text
+
+
+def test_a_real_sandbox_is_not_root_and_sees_only_its_own_root() -> None:
+    found = self_test()
+    if os.geteuid() == 0:
+        assert found["uid"] == 200_000  # tenant 0's uid
+    assert set(found["root"]) <= {"bin", "dev", "etc", "job", "lib", "lib64", "proc", "root",
+                                  "sbin", "tmp", "usr", "work", "home", "opt", "data"}  # fmt: skip
+    assert "ncloud.db" not in found["root"]
+
+
+def test_no_bubblewrap_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NCLOUD_BWRAP", "/nonexistent/bwrap")
+    with pytest.raises(SandboxUnavailable, match="could not start"):
+        self_test()
+
+
+def test_a_sandbox_that_dies_before_ready_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NCLOUD_BWRAP", "/bin/false")
+    box = Sandbox("probe", Policy(new_slot("t"), 0, volumes=()))
+    with pytest.raises(SandboxUnavailable, match="did not start"):
+        box.start().wait_ready(10)
+    box.close()
+
+
+def test_single_tenant_runs_the_same_entry_without_bubblewrap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NCLOUD_BWRAP", "/nonexistent/bwrap")  # never used in this mode
+    box = Sandbox("probe", Policy(new_slot("t"), 0, volumes=(), single_tenant=True)).start()
+    try:
+        box.wait_ready(60)
+        box.begin({}, 0)
+        frame = box.recv(60)
+    finally:
+        box.close()
+    assert frame is not None and frame[0]["kind"] == "done"
+    assert frame[0]["uid"] == os.getuid()  # nothing dropped: the switch says so
