@@ -29,7 +29,7 @@ from jobs.models import RunStatus
 from jobs.sandbox import collective, frames, outputs, staging
 from jobs.sandbox.launch import Sandbox, WarmPool, new_slot
 from jobs.sandbox.policy import DEFAULT_DATA, Limits, Policy
-from ncloud.errors import NcloudError
+from ncloud.errors import InvalidInput, NcloudError
 from ncloud.settings import settings
 from ncloud.validation import format_size
 
@@ -132,9 +132,9 @@ class TrainWorker:
             return False
         launch.stop_asked = True
         box = launch.box
-        if box is not None:
+        if box is not None and box.begun:  # before begin, _sandboxed sends it after the job
             with contextlib.suppress(frames.FrameError):
-                box.send({"kind": "stop"})
+                box.send({"kind": "stop"}, timeout_s=1)
         if not launch.done.wait(grace_s) and launch.box is not None:
             launch.box.kill()
             launch.done.wait(30)
@@ -156,7 +156,9 @@ class TrainWorker:
             box.on_log = relay.line
             policy = box.policy
             inside = staging.sandbox_config(policy, cfg)
-            mirror = staging.Mirror(policy.slot / "out" / "run", cfg.get("run_url") or "")
+            mirror = staging.Mirror(
+                policy.slot / "out" / "run", cfg.get("run_url") or "", staging.expected_meta(cfg)
+            )
             if launch.rank != 0:
                 mirror.run_url = ""  # rank 0 alone writes the run's files
             mirror.sent = {f.name: (f.size, f.mtime_ns) for f in outputs.walk(mirror.run_dir)}
@@ -218,32 +220,22 @@ class TrainWorker:
         self, box: Sandbox, relay: _Relay, mirror: staging.Mirror, group: Any
     ) -> dict[str, Any]:
         outcome: dict[str, Any] | None = None
-        over_memory = 0
-        while outcome is None:
-            frame = box.recv(0.2)
-            if frame is not None:
-                header, payload = frame
-                kind = header.get("kind")
-                if kind == "collective" and group is not None:
-                    box.send(*collective.relay(header, payload, group))
-                elif kind == "done":
-                    result = header.get("result")
-                    result = result if isinstance(result, dict) else {}
-                    outcome = {**result, "outcome": _status(result.get("status"))}
-                elif kind == "error":
-                    outcome = {"outcome": "failed", "error": str(header.get("error"))[:8000]}
-                else:
-                    relay.event(str(kind), header, box.pid())
-                    if kind in ("epoch", "checkpoint"):
-                        mirror.sync()
-            elif not box.alive():
-                break
-            if self.memory_limit and (used := box.rss()) > self.memory_limit:
-                over_memory = used
-                box.kill()
-                break
-            relay.flush()
+        watch = _MemoryWatch(box, self.memory_limit)
+        try:
+            while outcome is None and not watch.over:
+                frame = box.recv(0.2)
+                if frame is not None:
+                    outcome = self._event(box, frame, relay, mirror, group)
+                elif not box.alive():
+                    break
+                relay.flush()
+        except (frames.FrameError, InvalidInput) as exc:  # the tenant's code broke the protocol
+            box.kill()
+            outcome = {"outcome": "failed", "error": f"the run's sandbox misbehaved: {exc}"}
+        finally:
+            watch.stop()
         box.join(30)
+        over_memory = watch.over
         if over_memory:
             return {
                 "outcome": "failed",
@@ -254,9 +246,64 @@ class TrainWorker:
             return outcome
         return {"outcome": "crashed", "error": f"the training process died ({box.exit_text()})"}
 
+    def _event(
+        self,
+        box: Sandbox,
+        frame: tuple[dict[str, Any], bytes],
+        relay: _Relay,
+        mirror: staging.Mirror,
+        group: Any,
+    ) -> dict[str, Any] | None:
+        """One frame from the sandbox; the launch's outcome once it says done or error."""
+        header, payload = frame
+        kind = header.get("kind")
+        if kind == "collective" and group is not None:
+            box.send(*collective.relay(header, payload, group))
+        elif kind == "done":
+            return _outcome(header.get("result"))
+        elif kind == "error":
+            return {"outcome": "failed", "error": str(header.get("error"))[:8000]}
+        else:
+            relay.event(str(kind), header, box.pid())
+            if kind == "checkpoint":  # mirrored as soon as the run reports it
+                mirror.sync()
+        return None
 
-def _status(value: Any) -> str:
-    return value if value in ("completed", "stopped") else "failed"
+
+class _MemoryWatch:
+    """Kills a sandbox whose processes hold more than the limit, whatever the launch is doing."""
+
+    def __init__(self, box: Sandbox, limit: int) -> None:
+        self.box, self.limit, self.over = box, limit, 0
+        self.done = threading.Event()
+        if limit:
+            threading.Thread(target=self._watch, daemon=True, name="ncloud-memory").start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.2):
+            used = self.box.rss()
+            if used > self.limit:
+                self.over = used
+                self.box.kill()
+                return
+
+    def stop(self) -> None:
+        self.done.set()
+
+
+def _outcome(raw: Any) -> dict[str, Any]:
+    """What the run says it ended with, kept to the fields the scheduler reads, checked."""
+    result = raw if isinstance(raw, dict) else {}
+    status = result.get("status")
+    done = result.get("epochs_done")
+    if status not in ("completed", "stopped") or type(done) is not int or done < 0:
+        return {"outcome": "failed", "error": "the run ended without a valid result"}
+    return {
+        "outcome": status,
+        "status": status,
+        "epochs_done": done,
+        "metrics": _metrics(result.get("metrics")),
+    }
 
 
 def _join_group(dist_url: str | None, rank: int, world_size: int) -> Any:
@@ -343,7 +390,7 @@ def _metrics(raw: Any) -> dict[str, Any] | None:
 
 
 def _epoch_line(m: dict[str, Any]) -> str:
-    parts = [f"epoch {m.get('epoch')}: train loss {m.get('train_loss', 0):.4f}"]
+    parts = [f"epoch {m.get('epoch')}: train loss {m.get('train_loss') or 0:.4f}"]
     if m.get("valid_loss") is not None:
         parts.append(f"valid loss {m['valid_loss']:.4f}")
     if m.get("valid_accuracy") is not None:

@@ -9,11 +9,12 @@ from typing import Any
 from jobs.sandbox.launch import Sandbox, WarmPool, new_slot
 from jobs.sandbox.policy import Limits, Policy
 from jobs.specs import Spec
-from ncloud.errors import ERRORS_BY_CODE, InvalidInput, NcloudError
+from ncloud.errors import ERRORS_BY_CODE, Conflict, InvalidInput, NotFound
 from ncloud.settings import settings
 
 TIMEOUT_S = 60.0  # wall clock for one check
-LIMITS = Limits(memory_bytes=2 << 30, processes=64, cpu_s=30)
+LIMITS = Limits(memory_bytes=2 << 30, processes=512, cpu_s=30)
+USER_ERRORS = (InvalidInput, NotFound, Conflict)
 POLL_S = 0.05
 
 
@@ -57,8 +58,9 @@ def check_spec(
         box.close()
     if "ok" in reply and isinstance(reply["ok"], dict):
         return dict(reply["ok"])
-    cls = ERRORS_BY_CODE.get(str(reply.get("error")), NcloudError)
-    raise cls(str(reply.get("message", ""))[:4000])
+    # The sandbox names the error; only a user's kind of error may come back from it.
+    cls = ERRORS_BY_CODE.get(str(reply.get("error")), InvalidInput)
+    raise (cls if cls in USER_ERRORS else InvalidInput)(str(reply.get("message", ""))[:4000])
 
 
 def _wait(box: Sandbox, name: str, timeout_s: float) -> dict[str, Any]:

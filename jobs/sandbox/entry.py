@@ -9,6 +9,7 @@ argv[2] names; stdout and stderr are the run's log.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import resource
@@ -17,7 +18,7 @@ import threading
 from queue import Queue
 from typing import Any, BinaryIO
 
-from jobs.sandbox import frames
+from jobs.sandbox import frames, seccomp
 
 HANDLERS = {
     "check": "jobs.sandbox.handlers:check",
@@ -65,18 +66,51 @@ class Channel:
         return reply
 
 
+PR_CAPBSET_DROP = 24
+CLEAR = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint32) for n in ("effective", "permitted", "inheritable")]
+
+
+def _clear_inheritable(libc: ctypes.CDLL) -> None:
+    """bwrap leaves the caps it kept inheritable too; keep them only until the uid switch."""
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise SystemExit("sandbox: capget failed; refusing to run tenant code")
+    for d in data:
+        d.inheritable = 0
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise SystemExit("sandbox: capset failed; refusing to run tenant code")
+
+
 def _become(uid: int) -> None:
-    """Drop root for the tenant's own uid; refuse to go on if anything is left (fail closed)."""
+    """Drop root for the tenant's own uid; refuse to go on if anything is left (fail closed).
+
+    Started as root, the entry holds only CAP_SETUID, CAP_SETGID and CAP_SETPCAP (bwrap
+    dropped the rest): it empties the bounding set, then switches every uid and gid.
+    """
     if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in range(64):
+            libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # past the last cap: EINVAL, ignored
+        _clear_inheritable(libc)
         os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-    if os.geteuid() == 0 or os.getuid() == 0 or uid == 0:
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    if uid == 0 or 0 in (*os.getresuid(), *os.getresgid()) or os.getgroups():
         raise SystemExit("sandbox: could not leave root; refusing to run tenant code")
     with open("/proc/self/status") as f:
-        status = f.read()
-    if "CapEff:\t0000000000000000" not in status:
-        raise SystemExit("sandbox: capabilities remain; refusing to run tenant code")
+        fields = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    if any(int(fields.get(k, "1"), 16) for k in CLEAR) or fields.get("NoNewPrivs") != "1":
+        left = {k: fields.get(k) for k in (*CLEAR, "NoNewPrivs")}
+        raise SystemExit(f"sandbox: capabilities remain ({left}); refusing to run tenant code")
 
 
 def _limit(limits: dict[str, int]) -> None:
@@ -102,8 +136,11 @@ def main() -> None:
     channel = Channel(control, events)
     channel.send({"kind": "ready"})
     job, _ = frames.read(control)
-    if job.get("uid") is not None:  # None: --single-tenant, nothing to drop
+    if job.get("kind") != "job":
+        raise SystemExit("sandbox: the first frame is not a job")
+    if "--single-tenant" not in sys.argv:  # the one way to run without dropping anything
         _become(int(job["uid"]))
+        seccomp.install()
     _limit(job.get("limits") or {})
     channel.listen()
     handler(job.get("args") or {}, channel)

@@ -24,12 +24,13 @@ class FrameError(Exception):
     """The other side sent something that is not a frame (or hung up)."""
 
 
-def write(stream: BinaryIO, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
+def encode(header: dict[str, Any], payload: bytes | memoryview = b"") -> bytes:
     body = json.dumps({**header, "nbytes": len(payload)}, default=float).encode()
-    stream.write(_LEN.pack(len(body), len(payload)))
-    stream.write(body)
-    if payload:
-        stream.write(payload)
+    return b"".join([_LEN.pack(len(body), len(payload)), body, bytes(payload)])
+
+
+def write(stream: BinaryIO, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
+    stream.write(encode(header, payload))
     stream.flush()
 
 
@@ -51,7 +52,7 @@ def read(stream: BinaryIO, max_payload: int = MAX_PAYLOAD) -> tuple[dict[str, An
         raise FrameError(f"a frame of {head_len} + {payload_len} bytes is over the limit")
     try:
         header = json.loads(_exactly(stream, head_len))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise FrameError(f"a frame header is not JSON: {exc}") from exc
     if not isinstance(header, dict) or header.get("nbytes") != payload_len:
         raise FrameError("a frame header is not an object with the payload's length")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -31,6 +32,9 @@ from ncloud.settings import settings
 log = logging.getLogger("ncloud.sandbox")
 READY_TIMEOUT_S = 120.0
 LOG_LINE_BYTES = 8192
+MAX_LOG_LINES = 20_000  # per sandbox: the rest of a flood is dropped, not stored
+MAX_PAYLOAD = 512 << 20  # one frame from a sandbox (a collective of 64M float64s)
+FRAME_QUEUE = 64  # frames read ahead; then the sandbox waits
 Frame = tuple[dict[str, Any], bytes]
 
 
@@ -38,7 +42,7 @@ def new_slot(kind: str) -> Path:
     """A fresh host folder for one sandbox (under NCLOUD_SANDBOX_DIR)."""
     root = settings().sandbox_dir
     root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o711)  # sandboxes may pass through, never list
+    root.chmod(0o700)  # bind mounts need no way through: nobody else looks in
     return root / f"{kind}-{uuid.uuid4().hex[:12]}"
 
 
@@ -68,12 +72,15 @@ class Sandbox:
     def __init__(self, handler: str, policy: Policy, on_log: Callable[[str], None] | None = None):
         self.handler, self.policy = handler, policy
         self.on_log: Callable[[str], None] = on_log or (lambda line: log.info("%s", line))
-        self.frames: Queue[Frame | None] = Queue()
+        self.frames: Queue[Frame | None] = Queue(maxsize=FRAME_QUEUE)
         self.proc: subprocess.Popen[bytes] | None = None
         self.error: str | None = None
         self.started_at = 0.0
         self._stderr_tail: list[str] = []
         self._ready = threading.Event()
+        self._send_lock = threading.Lock()
+        self.begun = False
+        self.log_lines = 0
 
     # -- life ----------------------------------------------------------------------------
 
@@ -81,7 +88,10 @@ class Sandbox:
         policy = self.policy
         policy.make_slot()
         events_r, events_w = os.pipe()
-        argv = [sys.executable, "-m", "jobs.sandbox.entry", self.handler, str(events_w)]
+        # -I: no cwd, PYTHONPATH or user site on sys.path while the entry is still root
+        argv = [sys.executable, "-I", "-m", "jobs.sandbox.entry", self.handler, str(events_w)]
+        if policy.single_tenant:
+            argv.append("--single-tenant")
         if policy.single_tenant:
             args, env = argv, {**policy.environment(), "PATH": os.environ.get("PATH", "")}
         else:
@@ -102,6 +112,8 @@ class Sandbox:
             os.close(events_w)
             raise SandboxUnavailable(f"the sandbox could not start: {exc}") from exc
         os.close(events_w)
+        if self.proc.stdin is not None:
+            os.set_blocking(self.proc.stdin.fileno(), False)
         self._events = os.fdopen(events_r, "rb")
         threading.Thread(target=self._read_frames, daemon=True, name="ncloud-sbx-frames").start()
         threading.Thread(target=self._read_log, daemon=True, name="ncloud-sbx-log").start()
@@ -123,6 +135,7 @@ class Sandbox:
         uid = None if self.policy.single_tenant else self.policy.uid
         limits = self.policy.limits
         job = {
+            "kind": "job",
             "uid": uid,
             "limits": {
                 "processes": limits.processes,
@@ -132,14 +145,30 @@ class Sandbox:
             "args": args,
         }
         self.send(job)
+        self.begun = True
 
-    def send(self, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
+    def send(
+        self, header: dict[str, Any], payload: bytes | memoryview = b"", timeout_s: float = 60
+    ) -> None:
+        """Write one frame; FrameError if the sandbox does not take it within timeout_s (a
+        sandbox that stops reading must not block its trusted side)."""
         if self.proc is None or self.proc.stdin is None:
             raise frames.FrameError("the sandbox is not running")
-        try:
-            frames.write(self.proc.stdin, header, payload)  # type: ignore[arg-type]
-        except (BrokenPipeError, OSError, ValueError) as exc:
-            raise frames.FrameError(f"the sandbox went away: {exc}") from exc
+        data = frames.encode(header, payload)
+        fd = self.proc.stdin.fileno()
+        deadline = time.monotonic() + timeout_s
+        with self._send_lock:
+            view = memoryview(data)
+            while view:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([], [fd], [], left)[1]:
+                    raise frames.FrameError("the sandbox stopped reading its input")
+                try:
+                    view = view[os.write(fd, view[: 1 << 16]) :]
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise frames.FrameError(f"the sandbox went away: {exc}") from exc
 
     def recv(self, timeout_s: float | None) -> Frame | None:
         """The next frame, or None when it hung up (or when timeout_s passed: see `alive`)."""
@@ -183,9 +212,11 @@ class Sandbox:
     def close(self) -> None:
         """Kill it if it still runs and remove its slot folder."""
         self.kill()
-        if self.proc is not None and self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
+        if self.proc is not None:
+            for stream in (self.proc.stdin, self.proc.stdout, getattr(self, "_events", None)):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
         shutil.rmtree(self.policy.slot, ignore_errors=True)
 
     # -- readers -------------------------------------------------------------------------
@@ -193,7 +224,7 @@ class Sandbox:
     def _read_frames(self) -> None:
         try:
             while True:
-                self.frames.put(frames.read(self._events))
+                self.frames.put(frames.read(self._events, MAX_PAYLOAD))
         except (frames.FrameError, OSError, ValueError) as exc:
             if "closed the pipe" not in str(exc):
                 self.error = str(exc)
@@ -207,7 +238,11 @@ class Sandbox:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             if not self._ready.is_set():
                 self._stderr_tail = [*self._stderr_tail[-20:], line]
-            self.on_log(line)
+            self.log_lines += 1
+            if self.log_lines < MAX_LOG_LINES:
+                self.on_log(line)
+            elif self.log_lines == MAX_LOG_LINES:
+                self.on_log(f"(the log stops here: over {MAX_LOG_LINES} lines)")
 
 
 _spawner: ThreadPoolExecutor | None = None

@@ -26,7 +26,7 @@ from jobs import checkpoints, storage
 from jobs.sandbox import frames
 from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.policy import Limits, Policy
-from ncloud.errors import ERRORS_BY_CODE, Conflict, InvalidInput, NcloudError, ServerError
+from ncloud.errors import Conflict, InvalidInput, ServerError
 from ncloud.settings import settings
 
 LOAD_TIMEOUT_S = 120.0
@@ -141,8 +141,9 @@ class SandboxedNetwork:
             raise
         if header.get("kind") == "error":
             self.box.close()
-            cls = ERRORS_BY_CODE.get(str(header.get("code")), NcloudError)
-            raise cls(f"the network could not be loaded: {str(header.get('error'))[-2000:]}")
+            raise InvalidInput(
+                f"the network could not be loaded: {str(header.get('error'))[-2000:]}"
+            )
         self.device = str(header.get("device", "cpu"))
 
     def _reply(self, timeout_s: float, what: str) -> dict[str, Any]:

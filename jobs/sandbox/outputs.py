@@ -28,10 +28,11 @@ class Found:
     mtime_ns: int
 
 
-def walk(root: Path, max_files: int = 100_000) -> list[Found]:
-    """The regular files under root (symlinks, devices and FIFOs are left out)."""
+def walk(root: Path, max_entries: int = 100_000, max_depth: int = 32) -> list[Found]:
+    """The regular files under root (symlinks, devices and FIFOs are left out); InvalidInput
+    past max_entries entries of any kind, and folders deeper than max_depth are not entered."""
     found: list[Found] = []
-    todo = [""]
+    todo, seen = [""], 0
     while todo:
         rel = todo.pop()
         try:
@@ -41,14 +42,18 @@ def walk(root: Path, max_files: int = 100_000) -> list[Found]:
         try:
             with os.scandir(fd) as entries:
                 for entry in entries:
+                    seen += 1
+                    if seen > max_entries:
+                        raise InvalidInput(f"the run left over {max_entries} files and folders")
                     name = f"{rel}/{entry.name}" if rel else entry.name
-                    st = entry.stat(follow_symlinks=False)
-                    if stat.S_ISDIR(st.st_mode):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:  # gone since it was listed
+                        continue
+                    if stat.S_ISDIR(st.st_mode) and name.count("/") < max_depth:
                         todo.append(name)
                     elif stat.S_ISREG(st.st_mode):
                         found.append(Found(name, st.st_size, st.st_mtime_ns))
-                    if len(found) > max_files:
-                        raise InvalidInput(f"the run wrote over {max_files} files")
         finally:
             os.close(fd)
     return sorted(found, key=lambda f: f.name)

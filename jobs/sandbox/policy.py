@@ -77,9 +77,9 @@ class Policy:
 
     def make_slot(self) -> None:
         """in/ (owned by us: read-only to the sandbox), out/ and the volumes (the sandbox's)."""
+        self.slot.mkdir(mode=0o700)  # new, so nothing in it was planted
         for sub in ("in", "out", *(f"volumes/{i}" for i in range(len(self.volumes)))):
-            (self.slot / sub).mkdir(parents=True, exist_ok=True)
-        self.slot.chmod(0o755)
+            (self.slot / sub).mkdir(parents=True)
         (self.slot / "in").chmod(0o755)
 
     def hand_over(self) -> None:
@@ -174,6 +174,9 @@ def _parents(inside: str) -> list[str]:
 
 
 def _gpu_devices(gpus: tuple[str, ...]) -> list[str]:
+    """The device nodes of exactly these GPUs (by index), and the driver's control nodes."""
+    if not gpus:
+        return []
     names = ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"]
     names += [f"nvidia{g}" for g in gpus if g.isdigit()]
     return [f"/dev/{n}" for n in names if os.path.exists(f"/dev/{n}")]
@@ -183,8 +186,9 @@ def command(policy: Policy, argv: list[str]) -> list[str]:
     """The bwrap command line that runs argv inside the policy's sandbox."""
     args = [bwrap_binary(), "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
     args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv"]
-    if os.geteuid() == 0:  # privileged: the entry switches to the tenant's uid itself
-        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    if os.geteuid() == 0:  # privileged: the entry drops the rest and switches uid itself
+        args += ["--cap-drop", "ALL"]
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
     else:
         args += ["--unshare-user", "--disable-userns"]
     args += ["--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev"]

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ from ncloud.errors import InvalidInput
 
 CHECKPOINT = re.compile(r"ckpt-\d{4,9}\.(pt|json)")
 MAX_META = 1 << 20
+SYNC_EVERY_S = 0.2
 MAX_FILE = 1 << 40
 KINDS = ("image", "text", "audio", "features")
+META_KEYS = ("spec", "num_classes", "input_shape", "classes", "transform", "ends_in_softmax",
+             "kind", "dataset_shape")  # fmt: skip
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -75,11 +79,29 @@ def sandbox_config(policy: Policy, cfg: dict[str, Any]) -> dict[str, Any]:
     return inside
 
 
-def check_meta(data: bytes) -> dict[str, Any]:
-    """meta.json as the run wrote it, refused unless it has the shape the predictor reads."""
+def expected_meta(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the trusted side knows of a run's meta.json before the run writes it."""
+    from jobs.specs import parse_spec
+    from jobs.train_data import num_classes
+
+    index = read_index(cfg["train_url"])
+    spec = parse_spec(cfg["spec_name"], cfg["spec_text"])
+    return {
+        "spec": spec.name,
+        "num_classes": num_classes(index),
+        "classes": index.classes,
+        "transform": spec.transform,
+        "kind": index.kind,
+        "dataset_shape": list(index.shape or []) or None,
+    }
+
+
+def check_meta(data: bytes, expected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """meta.json as the run wrote it, refused unless it has the shape the predictor reads
+    (and, where the trusted side knows them, the values it expects); only known keys."""
     try:
         meta = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidInput(f"meta.json is not JSON: {exc}") from exc
     n, shape = meta.get("num_classes") if isinstance(meta, dict) else None, None
     if isinstance(meta, dict):
@@ -101,24 +123,34 @@ def check_meta(data: bytes) -> dict[str, Any]:
             and len(classes) == n
             and all(isinstance(c, str) for c in classes)
         )
+    shape = meta.get("dataset_shape") if ok else None
+    if shape is not None:
+        ok = (
+            isinstance(shape, list)
+            and 1 <= len(shape) <= 4
+            and all(type(d) is int and 1 <= d <= 1 << 16 for d in shape)
+        )
+    for key, value in (expected or {}).items():
+        ok = ok and meta.get(key) == value
     if not ok:
         raise InvalidInput("meta.json does not describe a trained network")
-    return dict(meta)
+    return {k: meta.get(k) for k in META_KEYS}
 
 
 class Mirror:
     """Copies a sandbox's out/run folder to the run's storage prefix, new files only."""
 
-    def __init__(self, run_dir: Path, run_url: str) -> None:
-        self.run_dir, self.run_url = run_dir, run_url
+    def __init__(self, run_dir: Path, run_url: str, expected: dict[str, Any] | None) -> None:
+        self.run_dir, self.run_url, self.expected = run_dir, run_url, expected
         self.sent: dict[str, tuple[int, int]] = {}
+        self.synced_at = 0.0
 
     def _send(self, found: outputs.Found) -> None:
         if self.sent.get(found.name) == (found.size, found.mtime_ns):
             return
         url = storage.join(self.run_url, found.name)
         if found.name == "meta.json":
-            data = check_meta(outputs.read(self.run_dir, found.name, MAX_META))
+            data = check_meta(outputs.read(self.run_dir, found.name, MAX_META), self.expected)
             storage.write_stream(url, [json.dumps(data, indent=1).encode()], MAX_META)
         else:
             chunks = outputs.chunks(self.run_dir, found.name, MAX_FILE)
@@ -128,8 +160,9 @@ class Mirror:
     def sync(self, final: bool = False) -> None:
         """meta.json, then each new checkpoint (.pt before its .json), then model.pt at the end;
         stored checkpoints the run pruned are removed."""
-        if not self.run_url:
-            return
+        if not self.run_url or (not final and time.monotonic() - self.synced_at < SYNC_EVERY_S):
+            return  # a run that reports checkpoints in a flood is mirrored 5 times a second
+        self.synced_at = time.monotonic()
         files = {f.name: f for f in outputs.walk(self.run_dir)}
         if "meta.json" in files:
             self._send(files["meta.json"])

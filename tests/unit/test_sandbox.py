@@ -51,7 +51,10 @@ def test_the_command_binds_only_what_it_lists_and_clears_the_environment() -> No
 def test_a_real_sandbox_is_not_root_and_sees_only_its_own_root() -> None:
     found = self_test()
     if os.geteuid() == 0:
-        assert found["uid"] == 200_000  # tenant 0's uid
+        assert found["uid"] == found["gid"] == 200_000  # tenant 0's uid
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(found[cap], 16) == 0, (cap, found[cap])
+    assert found["NoNewPrivs"] == "1"
     assert set(found["root"]) <= {"bin", "dev", "etc", "job", "lib", "lib64", "proc", "root",
                                   "sbin", "tmp", "usr", "work", "home", "opt", "data"}  # fmt: skip
     assert "ncloud.db" not in found["root"]
@@ -84,3 +87,24 @@ def test_single_tenant_runs_the_same_entry_without_bubblewrap(
         box.close()
     assert frame is not None and frame[0]["kind"] == "done"
     assert frame[0]["uid"] == os.getuid()  # nothing dropped: the switch says so
+
+
+def test_the_seccomp_filter_denies_new_namespaces_but_not_threads_or_fork() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import ctypes, os, threading\n"
+        "from jobs.sandbox import seccomp\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.prctl(38, 1, 0, 0, 0)\n"  # PR_SET_NO_NEW_PRIVS, as bwrap sets it
+        "seccomp.install()\n"
+        "assert libc.unshare(0x10000000) == -1 and ctypes.get_errno() == 1\n"
+        "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+        "pid = os.fork()\n"
+        "os._exit(0) if pid == 0 else os.waitpid(pid, 0)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["thread", "ok"]

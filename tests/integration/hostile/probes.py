@@ -83,6 +83,12 @@ def host_processes():
     return False
 
 
+def new_user_namespace():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == 0  # CLONE_NEWUSER
+
+
 def run_all():
     LEFT.clear()
     probe("read the SQL store", lambda: read(STORE))
@@ -101,6 +107,7 @@ def run_all():
     probe("secrets in the environment", secrets)
     probe("run as root", lambda: os.getuid() == 0 or os.geteuid() == 0)
     probe("see the host's processes", host_processes)
+    probe("create a user namespace", new_user_namespace)
     probe("leave a process behind", outlive)
     return list(LEFT)
 
