@@ -39,6 +39,7 @@ bench: install
 	$(PY) -m bench.loader
 	$(PY) -m bench.train
 	$(PY) -m bench.queue
+	$(PY) -m bench.sandbox
 
 clean:
 	rm -rf $(VENV) build *.egg-info
