@@ -38,7 +38,7 @@ import time
 from torch import nn
 
 EPOCHS = 1
-TRANSFORM = {{"mean": 0.5, "std": 0.5}}
+TRANSFORM = {"mean": 0.5, "std": 0.5}
 
 
 class Net(nn.Module):
@@ -50,7 +50,7 @@ class Net(nn.Module):
     def forward(self, x):
         if self.training and not self.stamped:
             self.stamped = True
-            print(f"STAMP {{time.time()}}", flush=True)
+            print(f"STAMP {time.time()}", flush=True)
         return self.fc(x.flatten(1))
 
 
@@ -109,9 +109,8 @@ def latency(
     ds = upload(c, manifest, "latency-data")
     platform: list[float] = []
     for i in range(repeats):
-        text = STAMP_SPEC.format()
         t0 = time.time()
-        model = c.models.train(f"latency-{i}", "probe.py", text, ds, epochs=1, batch_size=64)
+        model = c.models.train(f"latency-{i}", "probe.py", STAMP_SPEC, ds, epochs=1, batch_size=64)
         logs = partial(c.models.logs, model["id"])
         t1 = wait_for(partial(read_stamp, logs), timeout_s, f"platform run {i}'s first batch")
         platform.append(t1 - t0)
@@ -125,7 +124,7 @@ def latency(
     bare: list[float] = []
     for i in range(repeats):
         spec = tmp / f"probe-{i}.py"
-        spec.write_text(STAMP_SPEC.format())
+        spec.write_text(STAMP_SPEC)
         entry = (f"cd {ROOT} && {sys.executable} -m jobs.train --spec {spec} "
                  f"--manifest {manifest} -e 1 -z 64 --out {out}")  # fmt: skip
         t0 = time.time()
