@@ -18,6 +18,7 @@ from cluster import accounts, reservations
 from cluster.reservations import Resources
 from cluster.store import open_store
 from ncloud.errors import Conflict, NcloudError, NotFound
+from ncloud.settings import settings
 
 NAME = "ncloud-controller"
 NAMESPACE = "ncloud"
@@ -195,9 +196,17 @@ class Controller:
             except NcloudError:
                 accounts.delete_tenant(self.store, name, force=True)
                 raise
+            self._warm(name)
             return self._describe(tenant)
 
         return _reply(run)
+
+    def _warm(self, name: str) -> None:
+        if settings().warm_workers:
+            try:
+                self.scheduler.warm(name)
+            except Exception:  # a worker made later, at the first run, is as good
+                log.exception("could not start the first worker of tenant %s", name)
 
     def resize_tenant(self, name: str, cpus: float, gpus: float, memory: int) -> dict[str, Any]:
         def run() -> dict[str, Any]:
@@ -222,6 +231,7 @@ class Controller:
                 restored = accounts.get_tenant(self.store, name)
                 reservations.create(restored.placement_group, restored.reserved)
                 raise
+            self._warm(name)
             return self._describe(new)
 
         return _reply(run)

@@ -1,6 +1,7 @@
 """The training queue's engine, inside the controller actor: admit, launch, watch, finish, recover.
 
-A background thread ticks a few times a second. Each tick collects the outcomes of
+A background thread ticks when a worker ends, when a run is submitted, and at least ten
+times a second while runs are active. Each tick collects the outcomes of
 finished workers (jobs.runner.TrainWorker.wait), ends or restarts their runs, and admits
 queued runs into free bundles of their tenant's reservation (jobs.queue). Everything it
 decides is written to the store first, so a restarted controller picks up where this one
@@ -64,9 +65,14 @@ class Scheduler:
                 with self.lock:
                     self._collect()
                     self._admit()
+                    refs = [ref for a in self.active.values() for ref in a.refs]
             except Exception:
                 log.exception("scheduler tick failed")
-            self.wake.wait(TICK_S if self.active else 0.5)
+                refs = []
+            if refs:  # back as soon as a worker ends (its slot goes to the next run at once)
+                ray.wait(refs, num_returns=1, timeout=TICK_S)
+            else:
+                self.wake.wait(0.5)
             self.wake.clear()
 
     def _collect(self) -> None:
@@ -196,6 +202,13 @@ class Scheduler:
                 ),
             ).remote(self.db_url, int(bundle.get("memory", 0)))
         return self.pool[key]
+
+    def warm(self, tenant_name: str) -> None:
+        """Make the tenant's first worker now, so its sandbox is ready before the first run."""
+        with self.lock:
+            tenant = accounts.get_tenant(self.store, tenant_name)
+            if tenant.bundles and not tenant.bundles[0].get("GPU"):  # a GPU stays free
+                self._worker(tenant, 0, tenant.bundles[0])
 
     def clear_gpu_bundle(self, tenant_name: str, model_id: int, bundle: int) -> None:
         """Free the GPU of a bundle that a deployment now starting holds, for its replica.

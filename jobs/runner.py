@@ -27,8 +27,9 @@ from cluster.store import open_store
 from jobs import linked, metrics, models, volume_sync
 from jobs.models import RunStatus
 from jobs.sandbox import collective, frames, outputs, staging
-from jobs.sandbox.launch import Sandbox, WarmPool, new_slot
+from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.policy import DEFAULT_DATA, Limits, Policy
+from jobs.sandbox.pool import WarmPool
 from ncloud.errors import InvalidInput, NcloudError
 from ncloud.settings import settings
 from ncloud.validation import format_size
@@ -67,7 +68,7 @@ class TrainWorker:
             else ()
         )
         # Start a sandbox now, off the launch path: importing torch in it takes seconds.
-        self.pool = WarmPool(self._sandbox)
+        self.pool = WarmPool(self._sandbox, keep=1, ahead=False)  # this tenant's, reused
         self.pool.fill()
 
     def _sandbox(self, volumes: tuple[str, ...] = (DEFAULT_DATA,)) -> Sandbox:
@@ -81,13 +82,19 @@ class TrainWorker:
         )
         return Sandbox("train", policy)
 
-    def _take(self, paths: list[str]) -> Sandbox:
+    def _take(self, paths: list[str], tenant_id: int) -> Sandbox:
         """The warm sandbox (volume, if any, at /data); other mount points need a new one."""
         if paths in ([], [DEFAULT_DATA]):
-            return self.pool.take()
+            return self.pool.take(tenant_id)
         box = self._sandbox(tuple(paths)).start()
         box.wait_ready()
         return box
+
+    def _give_back(self, box: Sandbox, tenant_id: int, paths: list[str]) -> None:
+        if paths in ([], [DEFAULT_DATA]):  # a pool's sandbox; it checks that it is clean
+            self.pool.give_back(box, tenant_id)
+        else:
+            box.close()
 
     def rendezvous(self) -> str:
         """A tcp:// address on this node for torch.distributed's rank 0."""
@@ -152,7 +159,7 @@ class TrainWorker:
         try:
             cfg = self._resolve_data({**cfg, "cache_dir": str(settings().cache_dir)})
             launch.dist_url = cfg.get("dist_url")
-            box = launch.box = self._take([path for _, path in mounts])
+            box = launch.box = self._take([path for _, path in mounts], tenant_id)
             box.on_log = relay.line
             policy = box.policy
             inside = staging.sandbox_config(policy, cfg)
@@ -181,9 +188,9 @@ class TrainWorker:
             log.exception("launch %s failed", launch.key)
             launch.result = {"outcome": "crashed", "error": f"{type(exc).__name__}: {exc}"}
         finally:
+            if box is not None:  # recycled for the tenant's next run, or thrown away
+                self._give_back(box, tenant_id, [path for _, path in mounts])
             relay.flush(force=True)
-            if box is not None:
-                box.close()
             launch.done.set()
 
     def _resolve_data(self, cfg: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class Settings:
     s3_endpoint_url: str | None
     # 1 runs tenant code without a sandbox: for a one-person laptop only. Default 0.
     single_tenant: bool
+    warm_workers: bool
     # Host folder holding each sandbox's own folder (inputs, outputs, volumes).
     # Default NCLOUD_HOME/sandboxes.
     sandbox_dir: Path
@@ -69,5 +70,6 @@ def settings() -> Settings:
         rc_path=Path(os.environ.get("NCLOUD_RC") or Path.home() / ".ncloudrc").expanduser(),
         s3_endpoint_url=os.environ.get("NCLOUD_S3_ENDPOINT_URL") or None,
         single_tenant=os.environ.get("NCLOUD_SINGLE_TENANT", "0") not in ("", "0", "false"),
+        warm_workers=os.environ.get("NCLOUD_WARM_WORKERS", "1") not in ("", "0", "false"),
         sandbox_dir=Path(os.environ.get("NCLOUD_SANDBOX_DIR") or home / "sandboxes").expanduser(),
     )

@@ -6,8 +6,9 @@ import functools
 import time
 from typing import Any
 
-from jobs.sandbox.launch import Sandbox, WarmPool, new_slot
+from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.policy import Limits, Policy
+from jobs.sandbox.pool import WarmPool
 from jobs.specs import Spec
 from ncloud.errors import ERRORS_BY_CODE, Conflict, InvalidInput, NotFound
 from ncloud.settings import settings
@@ -41,7 +42,8 @@ def check_spec(
     tenant_id: int,
     timeout_s: float = TIMEOUT_S,
 ) -> dict[str, Any]:
-    """jobs.specs.check() in a fresh sandbox; its errors come back as the same classes."""
+    """jobs.specs.check() in a sandbox of the tenant's (a fresh fork in it); its errors come
+    back as the same classes."""
     request = {
         "name": spec.name,
         "text": spec.text,
@@ -49,13 +51,15 @@ def check_spec(
         "input_shape": list(input_shape),
     }
     lines: list[str] = []
-    box = pool().take()
+    box = pool().take(tenant_id)
     box.on_log = lambda line: lines.append(line) if len(lines) < 200 else None
     try:
         box.begin(request, tenant_id)
         reply = _wait(box, spec.name, timeout_s)
-    finally:
+    except BaseException:
         box.close()
+        raise
+    pool().give_back(box, tenant_id)  # for this tenant's next check; it waits for the fork
     if "ok" in reply and isinstance(reply["ok"], dict):
         return dict(reply["ok"])
     # The sandbox names the error; only a user's kind of error may come back from it.

@@ -1,24 +1,34 @@
-"""The first code that runs inside a sandbox: trusted, until it hands over to tenant code.
+"""The first code that runs inside a sandbox: trusted, and never runs tenant code itself.
 
 ``python -m jobs.sandbox.entry HANDLER`` imports the handler's module (torch and all,
-while the sandbox waits in the pool), says ``ready``, reads one job frame, switches to
-the tenant's uid (when started as root), sets its limits, and calls the handler with the
-job's arguments and the channel. Frames come in on stdin and go out on the fd that
+while the sandbox waits in the pool) and says ``ready``. It is then a fork server (a
+zygote): for each job frame it forks a child, which switches to the tenant's uid (when
+started as root), installs seccomp, sets its limits and calls the handler with the job's
+arguments and the channel; the entry waits for that child and says how it ended
+(``exit``). Between jobs the trusted side kills whatever the child left running, wipes
+what it wrote, and sends ``reset`` with a nonce, which the entry answers with ``ready``
+and the nonce (on the frames and on the log), so nothing the last job wrote into the
+pipes can pass for the next job's. Frames come in on stdin and go out on the fd that
 argv[2] names; stdout and stderr are the run's log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import os
 import resource
+import signal
 import sys
 import threading
+import traceback
 from queue import Queue
 from typing import Any, BinaryIO
 
 from jobs.sandbox import frames, seccomp
+
+BARRIER = "ncloud-sandbox-ready"  # the log line that ends a job's output (with its nonce)
 
 HANDLERS = {
     "check": "jobs.sandbox.handlers:check",
@@ -127,23 +137,76 @@ def _limit(limits: dict[str, int]) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (n, n + 1))
 
 
-def main() -> None:
-    name = sys.argv[1]
-    module_name, func_name = HANDLERS[name].split(":")
-    handler = getattr(importlib.import_module(module_name), func_name)
-    control = os.fdopen(0, "rb", buffering=0)
-    events = os.fdopen(int(sys.argv[2]), "wb")
-    channel = Channel(control, events)
-    channel.send({"kind": "ready"})
-    job, _ = frames.read(control)
-    if job.get("kind") != "job":
-        raise SystemExit("sandbox: the first frame is not a job")
-    if "--single-tenant" not in sys.argv:  # the one way to run without dropping anything
+PR_SET_DUMPABLE = 4
+
+
+def _run_job(handler: Any, job: dict[str, Any], channel: Channel, tenant_safe: bool) -> None:
+    """In the forked child: drop everything, then the tenant's code."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # its own /proc/self again; the zygote stays 0
+    if tenant_safe:
         _become(int(job["uid"]))
         seccomp.install()
     _limit(job.get("limits") or {})
     channel.listen()
     handler(job.get("args") or {}, channel)
+
+
+def _how(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            return f"signal {signal.Signals(number).name}"
+        except ValueError:
+            return f"signal {number}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def main() -> None:
+    name = sys.argv[1]
+    module_name, func_name = HANDLERS[name].split(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    # Nothing running as the same uid (unprivileged mode) may read or write our memory.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    control = os.fdopen(0, "rb", buffering=0)
+    events = os.fdopen(int(sys.argv[2]), "wb")
+    channel = Channel(control, events)
+    channel.send({"kind": "ready"})
+    sandboxed = "--single-tenant" not in sys.argv  # the one way to run without dropping
+    while True:
+        try:
+            frame, _ = frames.read(control)
+        except frames.FrameError:
+            return  # the trusted side closed the pipe: the sandbox ends
+        kind = frame.get("kind")
+        if kind == "reset":
+            nonce = str(frame.get("nonce", ""))[:64]
+            channel.send({"kind": "ready", "nonce": nonce})
+            os.write(1, f"{BARRIER} {nonce}\n".encode())
+            continue
+        if kind != "job":
+            raise SystemExit(f"sandbox: expected a job frame, not {kind!r}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _run_job(handler, frame, channel, sandboxed)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+                if not isinstance(exc.code, int):
+                    print(exc.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        channel.send({"kind": "exit", "how": _how(status)})
 
 
 if __name__ == "__main__":

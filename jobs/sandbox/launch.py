@@ -1,9 +1,12 @@
 """The one way in: start a sandbox for a handler, give it a job, talk to it, end it.
 
 A `Sandbox` is one bubblewrap process running jobs.sandbox.entry. Starting one costs an
-interpreter and a torch import (seconds), so a `WarmPool` keeps one started and waiting,
-and a job takes it in milliseconds. Each sandbox runs one job and is then thrown away
-with everything it wrote outside its out/ folder and volumes.
+interpreter and a torch import (seconds), so a pool (jobs.sandbox.pool) keeps one started
+and waiting, and a job takes it in milliseconds. Inside, each job runs in a fresh fork of the entry
+(jobs.sandbox.entry), so a used sandbox can be `recycle`d for the same tenant's next job:
+whatever the job left running is killed, /tmp, in/, out/ and the volumes are emptied, and
+a reset round trip with a nonce fences off anything it left in the pipes. A sandbox is
+never handed to another tenant; one that cannot be recycled cleanly is thrown away.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from queue import Empty, Queue
 from typing import Any
 
 from jobs.sandbox import frames
+from jobs.sandbox.entry import BARRIER
 from jobs.sandbox.policy import Policy, SandboxUnavailable, command
 from ncloud.settings import settings
 
@@ -35,6 +39,7 @@ LOG_LINE_BYTES = 8192
 MAX_LOG_LINES = 20_000  # per sandbox: the rest of a flood is dropped, not stored
 MAX_PAYLOAD = 512 << 20  # one frame from a sandbox (a collective of 64M float64s)
 FRAME_QUEUE = 64  # frames read ahead; then the sandbox waits
+RECYCLE_TIMEOUT_S = 5.0  # for a job's process to end and its sandbox to be emptied
 Frame = tuple[dict[str, Any], bytes]
 
 
@@ -46,24 +51,39 @@ def new_slot(kind: str) -> Path:
     return root / f"{kind}-{uuid.uuid4().hex[:12]}"
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (from /proc)."""
-    total, todo, seen = 0, [pid], set()
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its live descendants (from /proc; zombies left out)."""
+    found, todo, seen = [], [pid], set()
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
             for task in os.listdir(f"/proc/{p}/task"):
                 todo += [
                     int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()
                 ]
+            if state != "Z":
+                found.append(p)
+    return found
+
+
+def rss_of(pids: list[int]) -> int:
+    """Resident bytes of these processes."""
+    total = 0
+    for p in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
     return total
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    return rss_of(tree_pids(pid))
 
 
 class Sandbox:
@@ -81,6 +101,11 @@ class Sandbox:
         self._send_lock = threading.Lock()
         self.begun = False
         self.log_lines = 0
+        self.jobs = 0  # jobs begun in it (more than one once recycled)
+        self._baseline: set[int] = set()  # bwrap and the entry: the rest is a job's
+        self._job_ended = threading.Event()
+        self._job_how: str | None = None
+        self._log_barrier: str | None = None
 
     # -- life ----------------------------------------------------------------------------
 
@@ -126,6 +151,7 @@ class Sandbox:
             self.kill()
             tail = "\n".join(self._stderr_tail[-5:]) or "no output"
             raise SandboxUnavailable(f"the sandbox did not start ({self.exit_text()}): {tail}")
+        self._baseline = set(tree_pids(self.pid()))
         self._ready.set()
 
     def begin(self, args: dict[str, Any], tenant_id: int) -> None:
@@ -146,6 +172,7 @@ class Sandbox:
         }
         self.send(job)
         self.begun = True
+        self.jobs += 1
 
     def send(
         self, header: dict[str, Any], payload: bytes | memoryview = b"", timeout_s: float = 60
@@ -178,29 +205,40 @@ class Sandbox:
             return None
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Whether the job may still say something: its process runs, or its frames wait."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        return not self._job_ended.is_set() or not self.frames.empty()
 
     def pid(self) -> int:
         return self.proc.pid if self.proc is not None else 0
 
     def rss(self) -> int:
-        return tree_rss(self.pid()) if self.alive() else 0
+        """Resident bytes of the job's processes (the waiting entry is not the job's)."""
+        if not self.alive():
+            return 0
+        return rss_of([p for p in tree_pids(self.pid()) if p not in self._baseline])
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGKILL)  # bwrap: its PID namespace dies with it
-        self.join(10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
 
-    def join(self, timeout_s: float) -> int | None:
-        if self.proc is None:
-            return None
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout_s)
-        return self.proc.poll()
+    def join(self, timeout_s: float) -> None:
+        """Wait until the job's process has ended (or the whole sandbox has)."""
+        deadline = time.monotonic() + timeout_s
+        while self.proc is not None and self.proc.poll() is None:
+            if self._job_ended.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+                return
+            if time.monotonic() >= deadline:
+                return
 
     def exit_text(self) -> str:
         code = None if self.proc is None else self.proc.poll()
+        if code is None and self._job_how is not None:
+            return self._job_how
         if code is None:
             return "still running"
         if code < 0 or code > 128:  # bwrap exits 128 + the signal that ended its child
@@ -219,12 +257,87 @@ class Sandbox:
                         stream.close()
         shutil.rmtree(self.policy.slot, ignore_errors=True)
 
+    # -- reuse ---------------------------------------------------------------------------
+
+    def recycle(self, timeout_s: float = RECYCLE_TIMEOUT_S) -> bool:
+        """Make a used sandbox as good as new for its tenant's next job; False if it cannot
+        be (then close it). Nothing of the last job may be left: no process, no file in
+        /tmp, in/, out/ or a volume, no frame or log line in the pipes."""
+        deadline = time.monotonic() + timeout_s
+        if not self.begun or not self._ready.is_set() or self.error is not None:
+            return False
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        if not self._job_ended.wait(max(0.0, deadline - time.monotonic())):
+            return False  # the job's process is still running
+        try:
+            if not self._kill_strays(deadline):
+                return False
+            self._wipe()
+        except OSError as exc:
+            log.warning("a sandbox could not be emptied for reuse: %s", exc)
+            return False
+        nonce = uuid.uuid4().hex
+        self._log_barrier = f"{BARRIER} {nonce}"
+        self._job_ended.clear()
+        self._job_how = None
+        try:
+            self.send(
+                {"kind": "reset", "nonce": nonce}, timeout_s=max(0.1, deadline - time.monotonic())
+            )
+        except frames.FrameError:
+            return False
+        while time.monotonic() < deadline:
+            frame = self.recv(max(0.01, deadline - time.monotonic()))
+            if frame is None and (self.proc.poll() is not None or self.error is not None):
+                return False
+            if frame is not None and frame[0] == {"kind": "ready", "nonce": nonce, "nbytes": 0}:
+                self.begun = False
+                self.on_log = lambda line: log.info("%s", line)
+                return True
+        return False
+
+    def _kill_strays(self, deadline: float) -> bool:
+        """SIGKILL every process in the sandbox but bwrap and the entry, until none is left."""
+        while time.monotonic() < deadline:
+            strays = [p for p in tree_pids(self.pid()) if p not in self._baseline]
+            if not strays:
+                return True
+            for p in strays:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGKILL)
+            time.sleep(0.005)
+        return False
+
+    def _wipe(self) -> None:
+        """Empty what a job could write: the slot's folders and, inside, /tmp."""
+        slot = self.policy.slot
+        for sub in ["in", "out", *(f"volumes/{i}" for i in range(len(self.policy.volumes)))]:
+            _empty(str(slot / sub))
+        if not self.policy.single_tenant:
+            inner = self._inner_pid()
+            _empty(f"/proc/{inner}/root/tmp")
+
+    def _inner_pid(self) -> int:
+        """A process of ours inside the sandbox's own mount namespace (the entry's, or bwrap's)."""
+        mine = os.readlink("/proc/self/ns/mnt")
+        for p in sorted(self._baseline):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{p}/ns/mnt") != mine:
+                    return p
+        raise OSError("no process of the sandbox is in its mount namespace")
+
     # -- readers -------------------------------------------------------------------------
 
     def _read_frames(self) -> None:
         try:
             while True:
-                self.frames.put(frames.read(self._events, MAX_PAYLOAD))
+                frame = frames.read(self._events, MAX_PAYLOAD)
+                if frame[0].get("kind") == "exit" and self.begun:  # the job's process ended
+                    self._job_how = str(frame[0].get("how", "ended"))[:200]
+                    self._job_ended.set()
+                    continue
+                self.frames.put(frame)
         except (frames.FrameError, OSError, ValueError) as exc:
             if "closed the pipe" not in str(exc):
                 self.error = str(exc)
@@ -236,6 +349,10 @@ class Sandbox:
             return
         for raw in iter(lambda: self.proc.stdout.readline(LOG_LINE_BYTES), b""):  # type: ignore[union-attr]
             line = raw.decode("utf-8", "replace").rstrip("\n")
+            if self._log_barrier is not None:  # the last job's output, up to the reset
+                if line == self._log_barrier:
+                    self._log_barrier = None
+                continue
             if not self._ready.is_set():
                 self._stderr_tail = [*self._stderr_tail[-20:], line]
             self.log_lines += 1
@@ -243,6 +360,19 @@ class Sandbox:
                 self.on_log(line)
             elif self.log_lines == MAX_LOG_LINES:
                 self.on_log(f"(the log stops here: over {MAX_LOG_LINES} lines)")
+
+
+def _empty(path: str) -> None:
+    """Remove everything in a folder but the folder (it may be a mount), following no link."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for entry in list(os.scandir(fd)):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.name, dir_fd=fd)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 _spawner: ThreadPoolExecutor | None = None
@@ -263,52 +393,6 @@ def _spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         lambda: subprocess.Popen(args, **kwargs)
     ).result()
     return proc
-
-
-class WarmPool:
-    """Keeps one sandbox of a kind started and waiting, so a job does not wait for torch."""
-
-    def __init__(self, factory: Callable[[], Sandbox]) -> None:
-        self.factory = factory
-        self.lock = threading.Lock()
-        self.next: Sandbox | None = None
-        self.filling: threading.Thread | None = None
-
-    def fill(self) -> None:
-        """Start the next sandbox in the background (if none is started or starting)."""
-        with self.lock:
-            if self.next is not None or (self.filling and self.filling.is_alive()):
-                return
-            self.filling = threading.Thread(target=self._fill, daemon=True, name="ncloud-warm")
-            self.filling.start()
-
-    def _fill(self) -> None:
-        try:
-            box = self.factory().start()
-            box.wait_ready()
-        except Exception as exc:  # the job's own take() starts one and raises it
-            log.warning("could not start a warm sandbox: %s", exc)
-            return
-        with self.lock:
-            self.next = box
-
-    def take(self) -> Sandbox:
-        """A ready sandbox (the warm one, else a new one); the pool starts the next."""
-        with self.lock:
-            box, self.next = self.next, None
-            filling = self.filling
-        if box is None and filling is not None and filling.is_alive():
-            filling.join(READY_TIMEOUT_S)
-            with self.lock:
-                box, self.next = self.next, None
-        if box is not None and not box.alive():
-            box.close()
-            box = None
-        self.fill()
-        if box is None:
-            box = self.factory().start()
-            box.wait_ready()
-        return box
 
 
 def self_test(timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 Without capabilities a sandbox can still ask the kernel for a user namespace (and with it
 capabilities over new namespaces), BPF programs, io_uring, perf events, keyrings or
-userfaultfd: the usual ways into kernel bugs. The entry installs this filter after it
-leaves root and before tenant code runs; the denied calls fail with EPERM (clone3 with
-ENOSYS, so that libc falls back to clone, whose flags the filter can read).
+userfaultfd: the usual ways into kernel bugs. It also gets no other process's memory
+(process_vm_*) and no System V or POSIX message IPC, which would outlive its processes in
+the sandbox's IPC namespace and so reach the tenant's next job in a recycled sandbox. The
+entry installs this filter after it leaves root and before tenant code runs; the denied
+calls fail with EPERM (clone3 with ENOSYS, so that libc falls back to clone, whose flags
+the filter can read).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ ARCHES = {
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "ptrace": 101,
         "kexec_load": 246, "init_module": 175, "finit_module": 313, "delete_module": 176,
         "open_by_handle_at": 304, "fsopen": 430, "fsmount": 432, "move_mount": 429,
-        "open_tree": 428,
+        "open_tree": 428, "process_vm_readv": 310, "process_vm_writev": 311, "shmget": 29,
+        "semget": 64, "msgget": 68, "mq_open": 240,
     }),
     "aarch64": (0xC00000B7, {
         "clone": 220, "clone3": 435, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39,
@@ -35,7 +39,8 @@ ARCHES = {
         "io_uring_enter": 426, "io_uring_register": 427, "ptrace": 117, "kexec_load": 104,
         "init_module": 105, "finit_module": 273, "delete_module": 106,
         "open_by_handle_at": 265, "fsopen": 430, "fsmount": 432, "move_mount": 429,
-        "open_tree": 428,
+        "open_tree": 428, "process_vm_readv": 270, "process_vm_writev": 271, "shmget": 194,
+        "semget": 190, "msgget": 186, "mq_open": 180,
     }),
 }  # fmt: skip
 

@@ -114,3 +114,61 @@ def test_the_seccomp_filter_denies_new_namespaces_but_not_threads_or_fork() -> N
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["thread", "ok"]
+
+
+LEAVES_TRACES = """
+import glob, os
+from torch import nn
+
+seen = sorted(glob.glob("/tmp/left-*") + glob.glob("/job/out/*"))
+open("/tmp/left-behind", "w").write("x")
+open("/job/out/left-behind", "w").write("x")
+print("ncloud-sandbox-ready forged", flush=True)  # a fake barrier: not the nonce
+if os.fork() == 0:  # a detached grandchild that would outlive the job
+    os.setsid()
+    if os.fork() == 0:
+        import time
+        time.sleep(300)
+    os._exit(0)
+
+
+def model(num_classes, input_shape):
+    if seen:
+        raise ValueError(f"saw the last job's files: {seen}")
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+"""
+
+
+def test_a_recycled_sandbox_keeps_nothing_of_the_last_job_and_one_tenant_only() -> None:
+    from jobs.sandbox.check import _factory
+    from jobs.sandbox.launch import tree_pids
+    from jobs.sandbox.pool import WarmPool
+    from jobs.specs import parse_spec
+
+    spec = parse_spec("traces.py", LEAVES_TRACES)
+    pool = WarmPool(_factory, keep=1)
+    try:
+        box = pool.take(1)
+        for i in range(3):  # the same sandbox each time, emptied in between
+            if i:
+                assert pool.take(1) is box
+            box.begin(
+                {"name": spec.name, "text": spec.text, "num_classes": 10, "input_shape": [1, 4]},
+                1,
+            )
+            frame = box.recv(60)
+            assert frame is not None and "ok" in frame[0], frame
+            pool.give_back(box, 1)
+            assert pool.kept == {1: box}
+            assert set(tree_pids(box.pid())) == box._baseline  # the grandchild was killed
+            assert not any((box.policy.slot / "out").iterdir())
+        # Another tenant never gets it; keep=1 closes tenant 1's when tenant 2's comes back.
+        other = pool.take(2)
+        assert other is not box
+        other.begin({"name": spec.name, "text": spec.text, "num_classes": 10,
+                     "input_shape": [1, 4]}, 2)  # fmt: skip
+        assert other.recv(60) is not None
+        pool.give_back(other, 2)
+        assert list(pool.kept) == [2] and not box.alive()
+    finally:
+        pool.close()
