@@ -1,4 +1,4 @@
-"""What the sandbox costs: start, a job handed to a warm one, a spec check, a forward pass.
+"""What the sandbox costs: start, a job in a fresh or a recycled one, a forward pass.
 
 Each is measured sandboxed (bubblewrap, as the server runs tenant code) and unsandboxed
 (the same entry process with --single-tenant, or the same work in this process), in one
@@ -26,6 +26,7 @@ from jobs.predictor import read_meta
 from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.network import SandboxedNetwork
 from jobs.sandbox.policy import Policy
+from jobs.sandbox.pool import WarmPool
 from jobs.specs import build, check, parse_spec
 from jobs.trainer import TrainConfig, train
 from ncloud.settings import settings
@@ -51,8 +52,12 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
+def check_box(single_tenant: bool) -> Sandbox:
+    return Sandbox("check", Policy(new_slot("bench"), 1, volumes=(), single_tenant=single_tenant))
+
+
 def start_to_ready(single_tenant: bool) -> Sandbox:
-    box = Sandbox("check", Policy(new_slot("bench"), 1, volumes=(), single_tenant=single_tenant))
+    box = check_box(single_tenant)
     box.start().wait_ready()
     return box
 
@@ -65,6 +70,31 @@ def handoff(box: Sandbox) -> None:
     if frame is None or "ok" not in frame[0]:
         raise SystemExit(f"the check failed: {frame}")
     box.close()
+
+
+def recycled(single_tenant: bool, repeat: int) -> tuple[float, float]:
+    """The same tenant's next check in its recycled sandbox: the job (a fresh fork of the
+    entry) to its answer, and the recycle after it (kill what is left, empty, reset)."""
+    pool = WarmPool(lambda: check_box(single_tenant), keep=1, ahead=False)
+    spec = {"name": "m.yaml", "text": CNN, "num_classes": 10, "input_shape": [1, 8, 8]}
+    jobs, resets = [], []
+    try:
+        for _ in range(repeat + 1):  # the first one is the fresh sandbox's
+            box = pool.take(1)
+            started = time.perf_counter()
+            box.begin(spec, 1)
+            frame = box.recv(60)
+            if frame is None or "ok" not in frame[0]:
+                raise SystemExit(f"the check failed: {frame}")
+            jobs.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            pool.give_back(box, 1)
+            resets.append(time.perf_counter() - started)
+            if 1 not in pool.kept:
+                raise SystemExit("the sandbox could not be recycled")
+    finally:
+        pool.close()
+    return statistics.median(jobs[1:]), statistics.median(resets)
 
 
 def trained_model(root: Path) -> str:
@@ -102,6 +132,12 @@ def main() -> None:
         print("a spec check handed to a started sandbox (what a submit waits for), median")
         print(f"  sandboxed {warm[False] * 1e3:.1f} ms   unsandboxed child "
               f"{warm[True] * 1e3:.1f} ms   in this process {bare * 1e3:.1f} ms")  # fmt: skip
+        again = {single: recycled(single, args.repeat) for single in (False, True)}
+        print("the same tenant's next check, in its recycled sandbox (a fork), median")
+        (job, reset), (job1, reset1) = again[False], again[True]
+        print(f"  sandboxed {job * 1e3:.1f} ms (+ {reset * 1e3:.1f} ms to recycle after)   "
+              f"unsandboxed child {job1 * 1e3:.1f} ms (+ {reset1 * 1e3:.1f} ms)   "
+              f"in this process {bare * 1e3:.1f} ms")  # fmt: skip
 
         run_url = trained_model(Path(tmp))
         meta = read_meta(run_url)
