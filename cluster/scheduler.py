@@ -65,7 +65,7 @@ class Scheduler:
                 with self.lock:
                     self._collect()
                     self._admit()
-                    refs = [ref for a in self.active.values() for ref in a.refs]
+                    refs = self._refs()
             except Exception:
                 log.exception("scheduler tick failed")
                 refs = []
@@ -75,8 +75,11 @@ class Scheduler:
                 self.wake.wait(0.5)
             self.wake.clear()
 
+    def _refs(self) -> list[Any]:
+        return [ref for a in self.active.values() for ref in a.refs]
+
     def _collect(self) -> None:
-        refs = [ref for a in self.active.values() for ref in a.refs]
+        refs = self._refs()
         ready = ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
         for ref in ready:
             for active in list(self.active.values()):

@@ -84,14 +84,14 @@ class TrainWorker:
 
     def _take(self, paths: list[str], tenant_id: int) -> Sandbox:
         """The warm sandbox (volume, if any, at /data); other mount points need a new one."""
-        if paths in ([], [DEFAULT_DATA]):
+        if _pooled(paths):
             return self.pool.take(tenant_id)
         box = self._sandbox(tuple(paths)).start()
         box.wait_ready()
         return box
 
     def _give_back(self, box: Sandbox, tenant_id: int, paths: list[str]) -> None:
-        if paths in ([], [DEFAULT_DATA]):  # a pool's sandbox; it checks that it is clean
+        if _pooled(paths):  # a pool's sandbox; the pool checks that it is clean
             self.pool.give_back(box, tenant_id)
         else:
             box.close()
@@ -275,6 +275,11 @@ class TrainWorker:
             if kind == "checkpoint":  # mirrored as soon as the run reports it
                 mirror.sync()
         return None
+
+
+def _pooled(paths: list[str]) -> bool:
+    """Whether a run with these mount points fits the pool's sandboxes (a volume at /data)."""
+    return paths in ([], [DEFAULT_DATA])
 
 
 class _MemoryWatch:

@@ -152,14 +152,14 @@ def _run_job(handler: Any, job: dict[str, Any], channel: Channel, tenant_safe: b
     handler(job.get("args") or {}, channel)
 
 
-def _how(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
+def exit_text_of(code: int) -> str:
+    """How a process ended, from its exit code as Popen gives it (a signal: negative)."""
+    if code < 0:
         try:
-            return f"signal {signal.Signals(number).name}"
+            return f"signal {signal.Signals(-code).name}"
         except ValueError:
-            return f"signal {number}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"
+            return f"signal {-code}"
+    return f"exit code {code}"
 
 
 def main() -> None:
@@ -206,7 +206,7 @@ def main() -> None:
                     sys.stderr.flush()
             os._exit(code)
         _, status = os.waitpid(pid, 0)
-        channel.send({"kind": "exit", "how": _how(status)})
+        channel.send({"kind": "exit", "how": exit_text_of(os.waitstatus_to_exitcode(status))})
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from queue import Empty, Queue
 from typing import Any
 
 from jobs.sandbox import frames
-from jobs.sandbox.entry import BARRIER
+from jobs.sandbox.entry import BARRIER, exit_text_of
 from jobs.sandbox.policy import Policy, SandboxUnavailable, command
 from ncloud.settings import settings
 
@@ -81,11 +81,6 @@ def rss_of(pids: list[int]) -> int:
     return total
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
-    return rss_of(tree_pids(pid))
-
-
 class Sandbox:
     """One sandboxed process for `handler` under `policy`; `start` it, then `begin` a job."""
 
@@ -101,7 +96,6 @@ class Sandbox:
         self._send_lock = threading.Lock()
         self.begun = False
         self.log_lines = 0
-        self.jobs = 0  # jobs begun in it (more than one once recycled)
         self._baseline: set[int] = set()  # bwrap and the entry: the rest is a job's
         self._job_ended = threading.Event()
         self._job_how: str | None = None
@@ -172,7 +166,6 @@ class Sandbox:
         }
         self.send(job)
         self.begun = True
-        self.jobs += 1
 
     def send(
         self, header: dict[str, Any], payload: bytes | memoryview = b"", timeout_s: float = 60
@@ -241,11 +234,7 @@ class Sandbox:
             return self._job_how
         if code is None:
             return "still running"
-        if code < 0 or code > 128:  # bwrap exits 128 + the signal that ended its child
-            number = -code if code < 0 else code - 128
-            with contextlib.suppress(ValueError):
-                return f"signal {signal.Signals(number).name}"
-        return f"exit code {code}"
+        return exit_text_of(128 - code if code > 128 else code)  # bwrap: 128 + the signal
 
     def close(self) -> None:
         """Kill it if it still runs and remove its slot folder."""
@@ -279,8 +268,6 @@ class Sandbox:
             return False
         nonce = uuid.uuid4().hex
         self._log_barrier = f"{BARRIER} {nonce}"
-        self._job_ended.clear()
-        self._job_how = None
         try:
             self.send(
                 {"kind": "reset", "nonce": nonce}, timeout_s=max(0.1, deadline - time.monotonic())
@@ -292,6 +279,9 @@ class Sandbox:
             if frame is None and (self.proc.poll() is not None or self.error is not None):
                 return False
             if frame is not None and frame[0] == {"kind": "ready", "nonce": nonce, "nbytes": 0}:
+                # Only now: an exit frame the job forged before the real one is behind us.
+                self._job_ended.clear()
+                self._job_how = None
                 self.begun = False
                 self.on_log = lambda line: log.info("%s", line)
                 return True
@@ -336,6 +326,7 @@ class Sandbox:
                 if frame[0].get("kind") == "exit" and self.begun:  # the job's process ended
                     self._job_how = str(frame[0].get("how", "ended"))[:200]
                     self._job_ended.set()
+                    self.frames.put(None)  # wakes a waiting recv, as a hang-up would
                     continue
                 self.frames.put(frame)
         except (frames.FrameError, OSError, ValueError) as exc:
