@@ -84,11 +84,17 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def epochs(store: Store, model_id: int) -> list[dict[str, Any]]:
+def _tenant_id(tenant: str) -> Any:
+    return select(accounts.tenants.c.id).where(accounts.tenants.c.name == tenant).scalar_subquery()
+
+
+def epochs(store: Store, tenant: str, model_id: int) -> list[dict[str, Any]]:
+    """The model's per-epoch metrics, if the model is this tenant's (else none)."""
     with store.read() as conn:
         rows = conn.execute(
             select(epoch_metrics)
             .where(epoch_metrics.c.model_id == model_id)
+            .where(epoch_metrics.c.tenant_id == _tenant_id(tenant))
             .order_by(epoch_metrics.c.epoch)
         ).all()
     return [
@@ -117,12 +123,15 @@ def add_lines(store: Store, run: models.Run, tenant_id: int, lines: list[str]) -
         )
 
 
-def lines(store: Store, model_id: int, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-    """Log lines with id > after, oldest first: [{id, attempt, line}]."""
+def lines(
+    store: Store, tenant: str, model_id: int, after: int = 0, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Log lines with id > after, oldest first: [{id, attempt, line}]; the tenant's only."""
     with store.read() as conn:
         rows = conn.execute(
             select(log_lines.c.id, log_lines.c.attempt, log_lines.c.line)
             .where((log_lines.c.model_id == model_id) & (log_lines.c.id > after))
+            .where(log_lines.c.tenant_id == _tenant_id(tenant))
             .order_by(log_lines.c.id)
             .limit(limit)
         ).all()

@@ -359,9 +359,10 @@ def list_models(store: Store, tenant: str) -> list[tuple[Model, Run]]:
 
 
 def latest_run(store: Store, tenant: str, model_id: int) -> Run:
+    """The model's last attempt, if the model is this tenant's (else NotFound)."""
     with store.read() as conn:
         row = conn.execute(
-            select(runs).where(runs.c.model_id == model_id).order_by(runs.c.attempt.desc())
+            _runs_of(tenant).where(runs.c.model_id == model_id).order_by(runs.c.attempt.desc())
         ).first()
     if row is None:
         raise NotFound(f"model {model_id} has no runs")
@@ -369,11 +370,17 @@ def latest_run(store: Store, tenant: str, model_id: int) -> Run:
 
 
 def list_runs(store: Store, tenant: str, model_id: int) -> list[Run]:
+    """The model's attempts in order; none if the model is not this tenant's."""
     with store.read() as conn:
         rows = conn.execute(
-            select(runs).where(runs.c.model_id == model_id).order_by(runs.c.attempt)
+            _runs_of(tenant).where(runs.c.model_id == model_id).order_by(runs.c.attempt)
         ).all()
     return [_run(tenant, r) for r in rows]
+
+
+def _runs_of(tenant: str) -> Any:
+    """SELECT runs of one tenant only: every per-tenant query of runs starts here."""
+    return _runs_with_tenant().where(accounts.tenants.c.name == tenant)
 
 
 def _runs_with_tenant() -> Any:

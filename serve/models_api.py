@@ -123,7 +123,7 @@ def show_model(model_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
     runs = models.list_runs(store(), tenant, model_id)
     return {
         **describe(model, runs[-1]),
-        "metrics": metrics.epochs(store(), model_id),
+        "metrics": metrics.epochs(store(), tenant, model_id),
         "runs": [
             {
                 "attempt": r.attempt,
@@ -147,7 +147,7 @@ def logs(
     models.get(store(), tenant, model_id)
     run = models.latest_run(store(), tenant, model_id)
     return {
-        "lines": metrics.lines(store(), model_id, after, min(max(limit, 1), 5000)),
+        "lines": metrics.lines(store(), tenant, model_id, after, min(max(limit, 1), 5000)),
         "status": run.status.value,
         "progress": run.progress,
         "epochs_done": run.epochs_done,

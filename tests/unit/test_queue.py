@@ -11,7 +11,7 @@ from cluster.store import open_store
 from jobs import metrics, models
 from jobs.models import RunStatus, TrainOptions
 from jobs.queue import Request, admit, check_request
-from ncloud.errors import Conflict, QuotaExceeded
+from ncloud.errors import Conflict, NotFound, QuotaExceeded
 
 CPU = {"CPU": 1.0}
 GPU = {"CPU": 2.0, "GPU": 1.0}
@@ -95,7 +95,7 @@ def test_a_redone_epoch_replaces_its_metrics(store) -> None:  # type: ignore[no-
     for epoch in (1, 2, 3):
         metrics.record_epoch(store, run, tenant_id, {"epoch": epoch, "train_loss": 1.0 / epoch})
     metrics.record_epoch(store, run, tenant_id, {"epoch": 2, "train_loss": 0.4})
-    found = metrics.epochs(store, model.id)
+    found = metrics.epochs(store, "t", model.id)
     assert [m["epoch"] for m in found] == [1, 2] and found[1]["train_loss"] == 0.4
 
 
@@ -105,4 +105,19 @@ def test_removing_a_tenant_removes_its_models(store) -> None:  # type: ignore[no
     with pytest.raises(Conflict):
         accounts.delete_tenant(store, "t", force=False)
     accounts.delete_tenant(store, "t", force=True)
-    assert metrics.lines(store, model.id) == []
+    assert metrics.lines(store, "t", model.id) == []
+
+
+def test_run_metric_and_log_queries_answer_only_for_the_models_tenant(store) -> None:  # type: ignore[no-untyped-def]
+    model, run = _model(store)
+    t = accounts.get_tenant(store, "t").id
+    metrics.record_epoch(store, run, t, {"epoch": 1, "train_loss": 1.0})
+    metrics.add_lines(store, run, t, ["secret"])
+    accounts.create_tenant(store, "u", 1, 0, 0)
+    assert models.latest_run(store, "t", model.id).id == run.id
+    with pytest.raises(NotFound):
+        models.latest_run(store, "u", model.id)
+    assert models.list_runs(store, "u", model.id) == []
+    assert metrics.epochs(store, "u", model.id) == []
+    assert metrics.lines(store, "u", model.id) == []
+    assert [x["line"] for x in metrics.lines(store, "t", model.id)] == ["secret"]
