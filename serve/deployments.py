@@ -113,9 +113,7 @@ def model_application(
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
         async def _forward(self, inputs: list[Any]) -> list[torch.Tensor]:
-            # Off the event loop: the network runs in its sandbox's process meanwhile, so
-            # this loop reads and decodes the next requests on the other core.
-            return list(await asyncio.to_thread(self.predictor.probabilities, inputs))
+            return list(self.predictor.probabilities(inputs))
 
         def check_health(self) -> None:
             """Serve restarts a replica whose network no longer answers a zero input."""
