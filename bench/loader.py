@@ -18,9 +18,9 @@ from PIL import Image
 if __package__ in (None, ""):  # `python bench/loader.py` as well as `python -m bench.loader`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.loader import ShardLoader
-from jobs.shards import ShardWriter
-from jobs.transforms import build_transform
+from jobs.datasets.loader import ShardLoader
+from jobs.datasets.shards import ShardWriter
+from jobs.datasets.transforms import build_transform
 
 BATCH = 256
 OURS, TORCH, CEILING = "ncloud ShardLoader", "torch DataLoader (2w)", "ceiling (in memory)"

@@ -125,7 +125,7 @@ def latency(
     for i in range(repeats):
         spec = tmp / f"probe-{i}.py"
         spec.write_text(STAMP_SPEC)
-        entry = (f"cd {ROOT} && {sys.executable} -m jobs.train --spec {spec} "
+        entry = (f"cd {ROOT} && {sys.executable} -m jobs.training --spec {spec} "
                  f"--manifest {manifest} -e 1 -z 64 --out {out}")  # fmt: skip
         t0 = time.time()
         job = ray.submit_job(entrypoint=entry)

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 
 from examples.digits import make_digits
-from jobs.ingest import ingest_local
-from jobs.manifest import read_manifest
-from jobs.predictor import read_meta
+from jobs.datasets.ingest import ingest_local
+from jobs.models.predictor import read_meta
+from jobs.models.specs import build, check, parse_spec
 from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.network import SandboxedNetwork
 from jobs.sandbox.policy import Policy
 from jobs.sandbox.pool import WarmPool
-from jobs.specs import build, check, parse_spec
-from jobs.trainer import TrainConfig, train
+from jobs.training.trainer import TrainConfig, train
+from ncloud.manifest import read_manifest
 from ncloud.settings import settings
 
 ROOT = Path(__file__).resolve().parent.parent

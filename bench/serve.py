@@ -34,14 +34,14 @@ from bench.common import (
     wait_for,
 )
 from examples.digits import make_digits
-from jobs.specs import build, parse_spec
+from jobs.models.specs import build, parse_spec
 
 SPEC = ROOT / "examples" / "cnn.yaml"
 TENANT = "bench-serve"
 K = 5
 WARMUP = 20
 SETTLE = 100  # requests per target at the highest concurrency before any round is timed
-MAX_BATCH = 32  # the platform's defaults (serve/deployments.py), given to the batched peer
+MAX_BATCH = 32  # the platform's defaults (serve/deployments/replica.py), given to the batched peer
 BATCH_WAIT_S = 0.005
 MAX_ONGOING = 256
 REQUEST_TIMEOUT_S = 30.0

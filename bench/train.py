@@ -27,7 +27,7 @@ from bench.common import (
     wait_for,
 )
 from examples.digits import NAMES, make_digits
-from jobs.specs import build, parse_spec
+from jobs.models.specs import build, parse_spec
 
 TARGET = 1.10
 SPEC = ROOT / "examples" / "cnn.yaml"

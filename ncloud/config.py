@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ncloud.protocol import API_PREFIX
 from ncloud.settings import settings
 
 DEFAULT_HOST = "http://127.0.0.1:8000"
@@ -23,11 +24,11 @@ class Config:
 
 
 def api_url(host: str) -> str:
-    """The API base URL for a host as users write it (with or without /api/v1)."""
+    """The API base URL for a host as users write it (with or without the API prefix)."""
     host = host.strip().rstrip("/")
     if "://" not in host:
         host = f"http://{host}"
-    return host if host.endswith("/api/v1") else f"{host}/api/v1"
+    return host if host.endswith(API_PREFIX) else f"{host}{API_PREFIX}"
 
 
 def read_rc(path: Path | None = None) -> dict[str, str]:

@@ -28,7 +28,7 @@ def manifest_files(manifest_path: Path) -> tuple[list[tuple[Path, str]], list[st
 
     A name that resolves outside the manifest's folder is refused.
     """
-    from jobs.manifest import file_columns, read_manifest
+    from ncloud.manifest import file_columns, read_manifest
 
     root = manifest_path.parent.resolve()
     manifest = read_manifest(str(manifest_path.resolve()))

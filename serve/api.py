@@ -8,15 +8,19 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 
 import ncloud
-from cluster import accounts
+from cluster.core import accounts
 from ncloud.errors import InvalidInput, NotFound
 from ncloud.settings import settings
 from ncloud.validation import check_name, parse_size
-from serve import batch_api, datasets_api, deploy_api, models_api, volumes_api
 from serve.auth import Caller
 from serve.deps import caller, control, store
 from serve.errors import install_error_handlers
 from serve.limits import BodySizeLimit
+from serve.routes import batches as batch_api
+from serve.routes import datasets as datasets_api
+from serve.routes import deployments as deploy_api
+from serve.routes import models as models_api
+from serve.routes import volumes as volumes_api
 from serve.schemas import TenantIn, TenantPatch, TokenIn, UserIn, UserPatch
 
 log = logging.getLogger("ncloud.api")

@@ -6,10 +6,11 @@ from typing import Any
 
 from ray import serve
 
+from ncloud.protocol import API_PREFIX
 from serve.api import create_app
 
 APP_NAME = "ncloud-api"
-ROUTE_PREFIX = "/api/v1"
+ROUTE_PREFIX = API_PREFIX
 
 
 def api_application(env: dict[str, str], replicas: int = 1) -> Any:

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from cluster import accounts
-from cluster.store import Store
+from cluster.core import accounts
+from cluster.core.store import Store
 from ncloud.errors import Forbidden, InvalidInput, Unauthenticated
-
-TENANT_HEADER = "X-Ncloud-Tenant"
+from ncloud.protocol import TENANT_HEADER
 
 
 @dataclass(frozen=True)

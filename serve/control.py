@@ -19,12 +19,12 @@ class ControlPlane:
     def _actor(self) -> Any:
         import ray
 
-        from cluster.controller import NAME, NAMESPACE
+        from cluster.core.names import CONTROLLER, NAMESPACE
 
         with self._lock:
             if self._handle is None:
                 try:
-                    self._handle = ray.get_actor(NAME, namespace=NAMESPACE)
+                    self._handle = ray.get_actor(CONTROLLER, namespace=NAMESPACE)
                 except ValueError as exc:
                     raise Unavailable("the controller is not running: restart the server") from exc
             return self._handle

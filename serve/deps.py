@@ -6,7 +6,7 @@ import functools
 
 from fastapi import Request
 
-from cluster.store import Store, open_store
+from cluster.core.store import Store, open_store
 from ncloud.settings import settings
 from serve.auth import Caller, identify
 from serve.control import ControlPlane

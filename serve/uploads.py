@@ -9,7 +9,7 @@ from typing import IO
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from jobs import storage
+from cluster.core import storage
 from ncloud.errors import InvalidInput, PayloadTooLarge
 from ncloud.settings import settings
 from ncloud.validation import format_size

@@ -6,10 +6,10 @@ import functools
 import time
 from typing import Any
 
+from jobs.models.specs import Spec
 from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.policy import Limits, Policy
 from jobs.sandbox.pool import WarmPool
-from jobs.specs import Spec
 from ncloud.errors import ERRORS_BY_CODE, Conflict, InvalidInput, NotFound
 from ncloud.settings import settings
 
@@ -42,8 +42,8 @@ def check_spec(
     tenant_id: int,
     timeout_s: float = TIMEOUT_S,
 ) -> dict[str, Any]:
-    """jobs.specs.check() in a sandbox of the tenant's (a fresh fork in it); its errors come
-    back as the same classes."""
+    """jobs.models.specs.check() in a sandbox of the tenant's (a fresh fork in it); its
+    errors come back as the same classes."""
     request = {
         "name": spec.name,
         "text": spec.text,

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-import jobs.preload  # noqa: F401  (torch's lazy imports, paid while the sandbox waits)
-from jobs import specs, trainer
+import jobs.sandbox.preload  # noqa: F401  (torch's lazy imports, paid while the sandbox waits)
+from jobs.models import specs
 from jobs.sandbox import frames
 from jobs.sandbox.entry import Channel
+from jobs.training import trainer
 from ncloud.errors import InvalidInput, NcloudError
 
 TAIL_LINES = 30
@@ -63,7 +64,7 @@ def train(args: dict[str, Any], channel: Channel) -> None:
 
 
 class _PipeReporter:
-    """jobs.trainer.Reporter that forwards everything to the trusted side."""
+    """jobs.training.trainer.Reporter that forwards everything to the trusted side."""
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel

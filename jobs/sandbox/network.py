@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs import checkpoints, storage
+from cluster.core import storage
+from jobs.models import checkpoints
 from jobs.sandbox import frames
 from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.policy import Limits, Policy
@@ -36,7 +37,7 @@ WEIGHTS = "weights.pt"
 
 def load_network(args: dict[str, Any]) -> tuple[torch.nn.Module, torch.device]:
     """Inside the sandbox: the spec built for the meta's shapes, with the staged weights."""
-    from jobs import specs
+    from jobs.models import specs
 
     spec = specs.parse_spec(str(args["spec_name"]), str(args["spec_text"]))
     shape = tuple(int(d) for d in args["input_shape"])

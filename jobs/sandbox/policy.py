@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cluster
 import jobs
 import ncloud
 from ncloud.errors import InvalidInput, Unavailable
@@ -162,7 +163,7 @@ def bwrap_binary() -> str:
 def _python_paths() -> list[Path]:
     """What the interpreter needs, read-only: its prefix, the venv, this project's packages."""
     paths = {Path(sys.base_prefix), Path(sys.prefix)}
-    paths |= {Path(str(p.__file__)).resolve().parent for p in (jobs, ncloud)}
+    paths |= {Path(str(p.__file__)).resolve().parent for p in (cluster, jobs, ncloud)}
     exe = Path(sys.executable)
     paths.add(exe.resolve().parent.parent)
     return sorted(paths)

@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs import checkpoints, storage
-from jobs.cache import ensure_local
+from cluster.core import storage
+from jobs.datasets.cache import ensure_local
+from jobs.datasets.shards import read_index, shard_url
+from jobs.models import checkpoints
 from jobs.sandbox import outputs
 from jobs.sandbox.policy import Policy
-from jobs.shards import read_index, shard_url
 from ncloud.errors import InvalidInput
 
 CHECKPOINT = re.compile(r"ckpt-\d{4,9}\.(pt|json)")
@@ -81,8 +82,8 @@ def sandbox_config(policy: Policy, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def expected_meta(cfg: dict[str, Any]) -> dict[str, Any]:
     """What the trusted side knows of a run's meta.json before the run writes it."""
-    from jobs.specs import parse_spec
-    from jobs.train_data import num_classes
+    from jobs.models.specs import parse_spec
+    from jobs.training.data import num_classes
 
     index = read_index(cfg["train_url"])
     spec = parse_spec(cfg["spec_name"], cfg["spec_text"])

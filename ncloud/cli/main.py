@@ -13,6 +13,7 @@ from ncloud.cli import accounts, batches, common, datasets, models, server, toke
 from ncloud.cli import deploy as _deploy  # noqa: F401  (adds deploy, predict, undeploy to `model`)
 from ncloud.cli.common import OPTIONS, OutputOpt
 from ncloud.errors import NcloudError
+from ncloud.protocol import host_of
 from ncloud.render import Output, err, message, render
 
 app = typer.Typer(
@@ -79,7 +80,7 @@ def configure(
         or (typer.prompt("tenant", default="", show_default=False) if interactive else None)
         or None
     )
-    path = config.write_rc(config.api_url(host).removesuffix("/api/v1"), token, tenant)
+    path = config.write_rc(host_of(config.api_url(host)), token, tenant)
     message(f"wrote {path}")
     try:
         me = Client(host, token=token, tenant=tenant).info()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ncloud.cli.common import OutputOpt
+from ncloud.protocol import host_of
 from ncloud.render import Output, message, render
 
 app = typer.Typer(help="Start, stop and inspect the local ncloud server.", no_args_is_help=True)
@@ -42,7 +43,7 @@ def start(
     output: OutputOpt = Output.table,
 ) -> None:
     """Start a local Ray head (on loopback) and the ncloud control plane on it."""
-    from cluster import local
+    from cluster.control import local
     from ncloud.settings import settings
 
     if single_tenant:  # the head, the controller and every replica inherit it
@@ -69,7 +70,7 @@ def start(
         message("[bold]first start: the admin token, shown once:[/bold]")
         typer.echo(token)
     message(
-        f"next: ncloud configure --host {state['api_url'].removesuffix('/api/v1')} "
+        f"next: ncloud configure --host {host_of(state['api_url'])} "
         "--token <token>; ncloud tenant add NAME --cpus 1"
     )
 
@@ -77,7 +78,7 @@ def start(
 @app.command("stop")
 def stop(output: OutputOpt = Output.table) -> None:
     """Stop what `start` started; every record stays for the next start."""
-    from cluster import local
+    from cluster.control import local
 
     render(local.stop(), None, output)
 
@@ -85,7 +86,7 @@ def stop(output: OutputOpt = Output.table) -> None:
 @app.command("status")
 def status(output: OutputOpt = Output.table) -> None:
     """Whether the server runs, where, and since when."""
-    from cluster import local
+    from cluster.control import local
 
     state = local.status()
     render(

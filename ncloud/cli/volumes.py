@@ -118,7 +118,7 @@ def download(
     """Download every file of a volume into a folder."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from ncloud.client_volumes import local_target
+    from ncloud.client.volumes import local_target
 
     c = common.client()
     found = c.volumes.show(volume_id)

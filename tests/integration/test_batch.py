@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from examples.digits import make_digits
-from jobs.batch_results import read_csv
+from jobs.batches.results import read_csv
 from ncloud.client import Client
 from ncloud.errors import Conflict, InvalidInput, NotFound
 from tests.integration.conftest import Server, kill_controller, wait_for
@@ -175,8 +175,8 @@ def test_a_batch_a_dead_controller_left_queued_runs_on_the_next_one(
     server: Server, bench: dict[str, Any]
 ) -> None:
     """The API recorded the batch, and the controller died before it started the batch."""
-    from cluster.store import open_store
-    from jobs import batches
+    from cluster.core.store import open_store
+    from jobs.batches import state as batches
 
     client = as_user(server, bench)
     rows = client.datasets.show(bench["valid"])["rows"]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from examples.digits import make_digits
-from jobs.loader import ShardLoader
+from jobs.datasets.loader import ShardLoader
 from ncloud.errors import InvalidInput, NotFound
 from tests.integration.conftest import Server
 

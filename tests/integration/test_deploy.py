@@ -317,7 +317,8 @@ def test_revoked_deployment_token_is_401_and_undeploy_frees_the_bundle(
     x = json.dumps([0.0] * 64)
     assert _post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 200
     server.cli("model", "token-revoke", str(shop["mlp"]), token=shop["token"], tenant="shop")
-    # A replica trusts a token it checked for up to a second (serve/deployments.py AuthCache).
+    # A replica trusts a token it checked for up to a second (AuthCache in
+    # serve/deployments/replica.py).
     wait_for(
         lambda: (
             _post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 401

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from examples.digits import make_digits
-from jobs.loader import ShardLoader
+from jobs.datasets.loader import ShardLoader
 from ncloud.errors import InvalidInput
 from ncloud.settings import settings
 from tests.integration.conftest import Server
@@ -40,7 +40,7 @@ def linker(server: Server, tenant: Callable[..., Any]) -> Iterator[dict[str, str
 @pytest.fixture
 def s3_env(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """This test process reads S3 the way a training worker would: through the endpoint."""
-    from jobs import storage
+    from cluster.core import storage
 
     monkeypatch.setenv("NCLOUD_S3_ENDPOINT_URL", server.s3.moto.url)
     for key, value in server.s3.fs().storage_options.items():
@@ -99,7 +99,8 @@ def _fill(manifest_url: str, cache_dir: str, endpoint: str, out: Any) -> None:
     import os
 
     os.environ["NCLOUD_S3_ENDPOINT_URL"] = endpoint
-    from jobs import linked, storage
+    from cluster.core import storage
+    from jobs.datasets import linked
 
     settings.cache_clear()
     storage.configure_fsspec()
@@ -127,7 +128,7 @@ def test_first_use_ingests_into_the_node_cache_once(
     ds_url = urls.pop()
     index_file = Path(ds_url) / "index.json"
     first_mtime = index_file.stat().st_mtime_ns
-    from jobs import linked
+    from jobs.datasets import linked
 
     assert linked.ensure_cached(f"{bucket}/valid.tsv", cache) == ds_url  # a cache hit
     assert index_file.stat().st_mtime_ns == first_mtime

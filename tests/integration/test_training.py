@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,9 @@ def test_yaml_cnn_trains_to_its_stated_accuracy_with_the_cli(
         token=lab["token"],
         tenant=lab["tenant"],
     )
-    assert "Epoch" in out.stderr or "epoch 1" in out.stderr
+    shown = out.stdout + out.stderr  # -L streams the run's log, then says how it ended
+    assert "training cnn.yaml:" in shown and "epochs 1..6" in shown
+    assert "Completed after 6 epoch(s)" in shown
     client = as_user(server, lab)
     model = next(m for m in client.models.list() if m["name"] == "digits-cnn")
     found = client.models.show(model["id"])
@@ -285,7 +287,8 @@ def test_sigkill_of_a_worker_resumes_from_the_last_checkpoint(
     assert found["status"] == "Completed" and found["restarts"] == 1
     assert [m["epoch"] for m in found["metrics"]] == [1, 2, 3, 4, 5]
     log = "\n".join(e["line"] for e in client.models.logs(model["id"])["lines"])
-    assert f"resuming from checkpoint at epoch {before}" in log or f"epoch {before}" in log
+    resumed = [int(n) for n in re.findall(r"resumed from the checkpoint of epoch (\d+)", log)]
+    assert len(resumed) == 1 and before <= resumed[0] < 5, log[-2000:]
 
 
 def test_the_queue_runs_in_priority_then_fifo_order(server: Server, lab: dict[str, Any]) -> None:
@@ -455,7 +458,7 @@ def test_ray_job_submit_trains_without_the_control_plane(
             "--",
             sys.executable,
             "-m",
-            "jobs.train",
+            "jobs.training",
             "--spec",
             str(ROOT / "examples/mlp.yaml"),
             "--manifest",
@@ -487,4 +490,3 @@ def test_train_cli_usage_errors_exit_2(server: Server, lab: dict[str, Any]) -> N
         tenant="lab",
     )
     assert bad.returncode == 2 and "train:ID" in bad.stderr
-    assert time.time() > 0

@@ -24,8 +24,8 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
 
 @pytest.fixture
 def store(isolated_home: Path):  # type: ignore[no-untyped-def]
-    from cluster.store import open_store
+    from cluster.control import schema
 
-    s = open_store(settings().db_url, migrate=True)
+    s = schema.open_store(settings().db_url)
     yield s
     s.dispose()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, select
 
-from cluster import accounts
-from cluster.store import Store
+from cluster.core import accounts
+from cluster.core.store import Store
 from ncloud.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 
 
@@ -18,7 +18,7 @@ def test_tenant_crud_and_duplicates(store: Store) -> None:
     resized = accounts.resize_tenant(store, "vision", 1, 0, 0)
     assert (resized.cpus, resized.generation) == (1, 2)
     assert [x.name for x in accounts.list_tenants(store)] == ["vision"]
-    accounts.delete_tenant(store, "vision", force=False)
+    accounts.delete_tenant(store, "vision", force=False, owned=())
     with pytest.raises(NotFound):
         accounts.get_tenant(store, "vision")
 
@@ -43,15 +43,11 @@ def test_rm_refuses_while_the_tenant_owns_objects(store: Store) -> None:
     with store.write() as conn:
         things.create(conn)
         conn.execute(things.insert().values(tenant_id=t.id))
-    accounts.TENANT_OWNED.append(things)
-    try:
-        with pytest.raises(Conflict, match="still has 1 things"):
-            accounts.delete_tenant(store, "vision", force=False)
-        accounts.delete_tenant(store, "vision", force=True)
-        with store.read() as conn:
-            assert conn.execute(select(things)).all() == []
-    finally:
-        accounts.TENANT_OWNED.remove(things)
+    with pytest.raises(Conflict, match="still has 1 things"):
+        accounts.delete_tenant(store, "vision", force=False, owned=[things])
+    accounts.delete_tenant(store, "vision", force=True, owned=[things])
+    with store.read() as conn:
+        assert conn.execute(select(things)).all() == []
 
 
 def test_users_tokens_are_hashed_and_revocable(store: Store) -> None:

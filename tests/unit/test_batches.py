@@ -12,19 +12,23 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from cluster import accounts
-from cluster.store import Store
+from cluster.control import schema
+from cluster.core import accounts
+from cluster.core.store import Store
 from examples.digits import make_digits
-from jobs import batch_predict, batch_results, batches, predictor
-from jobs.batch_predict import Job
-from jobs.batches import BatchStatus
-from jobs.ingest import ingest_local
-from jobs.manifest import parse_manifest, read_manifest
-from jobs.trainer import TrainConfig, train
+from jobs.batches import predict as batch_predict
+from jobs.batches import results as batch_results
+from jobs.batches import state as batches
+from jobs.batches.predict import Job
+from jobs.batches.state import BatchStatus
+from jobs.datasets.ingest import ingest_local
+from jobs.models import predictor
+from jobs.training.trainer import TrainConfig, train
 from ncloud.cli import common
 from ncloud.cli.main import app
 from ncloud.client import Client
 from ncloud.errors import Conflict, InvalidInput, NotFound, UsageError
+from ncloud.manifest import parse_manifest, read_manifest
 from tests.unit.test_trainer import MLP, Recorder
 
 # -- the table -------------------------------------------------------------------------------
@@ -56,7 +60,7 @@ def test_batches_belong_to_one_tenant_and_go_with_it(store: Store) -> None:
     with pytest.raises(NotFound, match="no batch prediction"):
         batches.get(store, "audio", mine.id)
     assert batches.list_all(store, "audio") == []
-    accounts.delete_tenant(store, "vision", force=True)
+    schema.delete_tenant(store, "vision", force=True)
     assert batches.in_status(store, set(BatchStatus)) == []
 
 

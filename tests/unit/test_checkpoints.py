@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs import checkpoints, storage
+from cluster.core import storage
+from jobs.models import checkpoints
 from ncloud.errors import InvalidInput, NotFound
 
 
@@ -111,7 +112,7 @@ def test_a_corrupt_latest_falls_back_to_the_one_before(
     fs.pipe_file(path, bytes(data))
     with pytest.raises(InvalidInput, match=r"ckpt-0003\.pt is corrupt"):
         checkpoints.load(run_url, 3)
-    with caplog.at_level(logging.WARNING, logger="jobs.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="jobs.models.checkpoints"):
         latest = checkpoints.load_latest(run_url)
     assert latest is not None and latest[0] == 2
     assert torch.equal(latest[1]["model"]["weight"], torch.full((2, 3), 2.0))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.elements import (
+from jobs.datasets.elements import (
     ElementKind,
     Example,
     check_feature_length,
@@ -22,8 +22,8 @@ from jobs.elements import (
     encode_example,
     layout_of,
 )
-from jobs.manifest import ColumnType, Manifest, ManifestRow, parse_manifest, read_manifest
 from ncloud.errors import InvalidInput, ServerError
+from ncloud.manifest import ColumnType, Manifest, ManifestRow, parse_manifest, read_manifest
 
 LIMIT = 1 << 20
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.loader import THREAD_PREFIX, ShardLoader, rank_pieces
-from jobs.shards import ShardWriter
-from jobs.transforms import build_transform
+from jobs.datasets.loader import THREAD_PREFIX, ShardLoader, rank_pieces
+from jobs.datasets.shards import ShardWriter
+from jobs.datasets.transforms import build_transform
 from ncloud.errors import InvalidInput, NotFound
 
 

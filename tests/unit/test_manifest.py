@@ -8,7 +8,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from jobs.manifest import (
+from ncloud.errors import InvalidInput
+from ncloud.manifest import (
     ColumnType,
     ManifestRow,
     file_columns,
@@ -16,7 +17,6 @@ from jobs.manifest import (
     read_manifest,
     resolve_path,
 )
-from ncloud.errors import InvalidInput
 
 FILE, STRING, INT, FLOAT = (
     ColumnType.FILE,

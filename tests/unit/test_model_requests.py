@@ -8,13 +8,14 @@ import json
 import pytest
 from starlette.requests import Request
 
-from cluster import accounts
-from jobs import deployments, models
-from jobs.models import TrainOptions
+from cluster.core import accounts
+from jobs.models import deployments
+from jobs.models import state as models
+from jobs.models.state import TrainOptions
 from ncloud.errors import InvalidInput, NotFound, Unauthenticated
-from serve import model_requests
+from serve.deployments import requests as model_requests
+from serve.deployments.requests import AuthCache, authorize, query, relative_path
 from serve.errors import error_response
-from serve.model_requests import AuthCache, authorize, query, relative_path
 
 
 class Clock:
@@ -135,7 +136,7 @@ def test_a_body_without_a_length_is_counted_and_stopped_past_the_limit() -> None
 
 @pytest.mark.parametrize("token", ["ncd_", "ncd_x", "ncd_7", "ncd_7_", "ncd__s", "ncd_8_s"])
 def test_a_malformed_or_foreign_deployment_token_is_refused(store: object, token: str) -> None:
-    from jobs import deployments
+    from jobs.models import deployments
     from ncloud.errors import Unauthenticated
 
     with pytest.raises(Unauthenticated, match="invalid or revoked deployment token"):

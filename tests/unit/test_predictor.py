@@ -1,4 +1,4 @@
-"""A trained model loaded for prediction (jobs.predictor), without Ray or Serve."""
+"""A trained model loaded for prediction (jobs.models.predictor), without Ray or Serve."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from examples.digits import make_digits
-from jobs import checkpoints
-from jobs.ingest import ingest_local
-from jobs.manifest import read_manifest
-from jobs.predictor import Predictor, read_meta
-from jobs.trainer import TrainConfig, train
+from jobs.datasets.ingest import ingest_local
+from jobs.models import checkpoints
+from jobs.models.predictor import Predictor, read_meta
+from jobs.training.trainer import TrainConfig, train
 from ncloud.errors import Conflict, InvalidInput
+from ncloud.manifest import read_manifest
 from tests.unit.test_trainer import MLP, Recorder
 
 

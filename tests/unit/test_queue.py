@@ -1,4 +1,5 @@
-"""Queue admission rules (jobs.queue) and the run state machine (jobs.models), without Ray."""
+"""Queue admission rules (jobs.training.queue) and the run state machine
+(jobs.models.state), without Ray."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster import accounts
-from cluster.store import open_store
-from jobs import metrics, models
-from jobs.models import RunStatus, TrainOptions
-from jobs.queue import Request, admit, check_request
+from cluster.control import schema
+from cluster.core import accounts
+from jobs.models import metrics
+from jobs.models import state as models
+from jobs.models.state import RunStatus, TrainOptions
+from jobs.training.queue import Request, admit, check_request
 from ncloud.errors import Conflict, NotFound, QuotaExceeded
 
 CPU = {"CPU": 1.0}
@@ -47,7 +49,7 @@ def test_a_request_larger_than_the_reservation_is_refused() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    s = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}", migrate=True)
+    s = schema.open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     accounts.create_tenant(s, "t", 2, 0, 0)
     return s
 
@@ -103,8 +105,8 @@ def test_removing_a_tenant_removes_its_models(store) -> None:  # type: ignore[no
     model, run = _model(store)
     metrics.add_lines(store, run, accounts.get_tenant(store, "t").id, ["hello"])
     with pytest.raises(Conflict):
-        accounts.delete_tenant(store, "t", force=False)
-    accounts.delete_tenant(store, "t", force=True)
+        schema.delete_tenant(store, "t", force=False)
+    schema.delete_tenant(store, "t", force=True)
     assert metrics.lines(store, "t", model.id) == []
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.reservations import Resources, bundles_for, check_fit
+from cluster.core.reservations import Resources, bundles_for, check_fit
 from ncloud.errors import QuotaExceeded
 
 
@@ -31,7 +31,7 @@ def test_refused_with_what_is_free() -> None:
 
 
 def test_gpu_resources_name_the_group_and_a_pinned_bundle() -> None:
-    from cluster.reservations import gpu_resources
+    from cluster.core.reservations import gpu_resources
 
     assert gpu_resources("ab12", None, 2) == {"GPU_group_ab12": 2.0}
     assert gpu_resources("ab12", 3, 1) == {"GPU_group_ab12": 1.0, "GPU_group_3_ab12": 1.0}

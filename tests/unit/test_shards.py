@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import jobs.cache
-from jobs.cache import cached_bytes, ensure_local, evict
-from jobs.shards import ShardWriter, read_index, write_index, write_part
+import jobs.datasets.cache
+from jobs.datasets.cache import cached_bytes, ensure_local, evict
+from jobs.datasets.shards import ShardWriter, read_index, write_index, write_part
 from ncloud.errors import Conflict, InvalidInput, NotFound
 
 
@@ -203,7 +203,7 @@ def test_two_processes_fill_one_shard_at_once(
                 time.sleep(0.02)
         return hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
 
-    monkeypatch.setattr(jobs.cache, "_download", slow_download)
+    monkeypatch.setattr(jobs.datasets.cache, "_download", slow_download)
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     procs = [ctx.Process(target=_fill, args=(url, sha, str(tmp_path / "c"), out)) for _ in range(3)]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from jobs.models.specs import Spec, build, check, parse_spec
 from jobs.sandbox.check import check_spec
-from jobs.specs import Spec, build, check, parse_spec
 from ncloud.errors import InvalidInput
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from cluster import store as store_mod
-from cluster.store import SCHEMA_VERSION, open_store, schema_table
+from cluster.control import schema
+from cluster.core import store as store_mod
+from cluster.core.store import SCHEMA_VERSION, open_store, schema_table
 from ncloud.errors import SchemaMismatch
 
 
@@ -20,7 +21,7 @@ def test_sqlite_runs_in_wal_mode(store: store_mod.Store) -> None:
 
 
 def test_failed_write_rolls_back(store: store_mod.Store) -> None:
-    from cluster import accounts
+    from cluster.core import accounts
 
     with pytest.raises(RuntimeError), store.write() as conn:
         conn.execute(
@@ -42,45 +43,39 @@ def test_newer_store_says_upgrade_ncloud(store: store_mod.Store) -> None:
     with pytest.raises(SchemaMismatch, match="upgrade ncloud"):
         open_store(store.url)
     with pytest.raises(SchemaMismatch, match="newer"):
-        open_store(store.url, migrate=True)
+        schema.open_store(store.url)
 
 
 def test_older_store_says_run_server_start_and_migrates(store: store_mod.Store) -> None:
     _set_version(store, 0)
     with pytest.raises(SchemaMismatch, match="ncloud server start"):
         open_store(store.url)
-    assert open_store(store.url, migrate=True).version() == SCHEMA_VERSION
+    assert schema.open_store(store.url).version() == SCHEMA_VERSION
 
 
 def test_empty_database_is_created(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'deep' / 'new.db'}"
-    assert open_store(url, migrate=True).version() == SCHEMA_VERSION
+    assert schema.open_store(url).version() == SCHEMA_VERSION
 
 
-def test_a_version_4_store_gains_the_deployments_batching_column(
-    store: store_mod.Store,
+@pytest.mark.parametrize(
+    ("version", "table", "column"),
+    [(4, "deployments", "batching"), (5, "batch_predictions", "volumes")],
+)
+def test_an_older_store_gains_the_column_of_the_next_version(
+    store: store_mod.Store, version: int, table: str, column: str
 ) -> None:
-    from jobs import deployments
-
     with store.write() as conn:
-        conn.execute(text("ALTER TABLE deployments DROP COLUMN batching"))
-    _set_version(store, 4)
-    upgraded = open_store(store.url, migrate=True)
+        conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    _set_version(store, version)
+    upgraded = schema.open_store(store.url)
     assert upgraded.version() == SCHEMA_VERSION
     with upgraded.read() as conn:
-        columns = {c[1] for c in conn.execute(text("PRAGMA table_info(deployments)"))}
-    assert "batching" in columns
+        columns = {c[1] for c in conn.execute(text(f"PRAGMA table_info({table})"))}
+    assert column in columns
+
+
+def test_a_deployment_without_batching_options_gets_the_defaults() -> None:
+    from jobs.models import deployments
+
     assert deployments.Batching.from_json(None) == deployments.Batching()
-
-
-def test_a_version_5_store_gains_the_batch_volumes_column(store: store_mod.Store) -> None:
-    import jobs.batches  # noqa: F401  (its table)
-
-    with store.write() as conn:
-        conn.execute(text("ALTER TABLE batch_predictions DROP COLUMN volumes"))
-    _set_version(store, 5)
-    upgraded = open_store(store.url, migrate=True)
-    assert upgraded.version() == SCHEMA_VERSION
-    with upgraded.read() as conn:
-        columns = {c[1] for c in conn.execute(text("PRAGMA table_info(batch_predictions)"))}
-    assert "volumes" in columns

@@ -17,12 +17,12 @@ import torch
 import torch.multiprocessing as mp
 
 from examples.digits import make_digits
-from jobs import checkpoints
-from jobs.ingest import ingest_local
-from jobs.manifest import read_manifest
-from jobs.train import main
-from jobs.trainer import TrainConfig, progress_line, train
+from jobs.datasets.ingest import ingest_local
+from jobs.models import checkpoints
+from jobs.training.__main__ import main
+from jobs.training.trainer import TrainConfig, progress_line, train
 from ncloud.errors import InvalidInput
+from ncloud.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 MLP = """
@@ -207,7 +207,7 @@ def test_the_command_line_trains_end_to_end(digits: dict[str, Any], tmp_path: Pa
     command = [
         sys.executable,
         "-m",
-        "jobs.train",
+        "jobs.training",
         "--spec",
         str(tmp_path / "mlp.yaml"),
         "--manifest",

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster import accounts
-from cluster.store import Store
-from jobs import storage, volume_sync, volumes
+from cluster.core import accounts, storage
+from cluster.core.store import Store
 from jobs.sandbox import outputs
+from jobs.volumes import state as volumes
+from jobs.volumes import sync as volume_sync
 from ncloud.errors import InvalidInput
 
 

@@ -1,4 +1,4 @@
-"""Volumes without Ray: jobs.volumes on a real SQLite store and local storage, the API in
+"""Volumes without Ray: jobs.volumes.state on a real SQLite store and local storage, the API in
 process (FastAPI TestClient), and the CLI through CliRunner over that API."""
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from typer.testing import CliRunner
 
-from cluster import accounts
-from cluster.store import Store
-from jobs import storage, volumes
+from cluster.control import schema
+from cluster.core import accounts, storage
+from cluster.core.store import Store
+from jobs.volumes import state as volumes
 from ncloud.cli import common
 from ncloud.cli.main import app, main
 from ncloud.client import Client
@@ -44,7 +45,7 @@ def tenants(store: Store) -> Store:
     return store
 
 
-# -- jobs.volumes ----------------------------------------------------------------------------
+# -- jobs.volumes.state ----------------------------------------------------------------------------
 
 
 def test_create_list_show_and_duplicates(tenants: Store) -> None:
@@ -193,11 +194,11 @@ def test_a_file_written_after_its_volume_was_removed_goes_too(tenants: Store) ->
 
 
 def test_tenant_rm_refuses_while_volumes_exist(tenants: Store) -> None:
-    assert volumes.volumes in accounts.TENANT_OWNED
+    assert volumes.volumes in schema.TENANT_TABLES
     volumes.create_volume(tenants, "vision", "v")
     with pytest.raises(Conflict, match="still has 1 volumes"):
-        accounts.delete_tenant(tenants, "vision", force=False)
-    accounts.delete_tenant(tenants, "vision", force=True)
+        schema.delete_tenant(tenants, "vision", force=False)
+    schema.delete_tenant(tenants, "vision", force=True)
     assert not accounts.tenant_exists(tenants, "vision")
 
 

@@ -1,0 +1,299 @@
+"""The controller: one detached Ray actor on the head node that owns every reservation.
+
+It is the only writer of tenants' resources, so a fit check and the placement group it
+guards happen one request at a time. On every (re)start it reconciles Ray with the
+store: missing placement groups are recreated, stray ones removed. Methods return
+``{"ok": ...}`` or ``{"error": code, "message": ...}`` so a domain error crosses the
+actor boundary intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cluster.control import schema
+from cluster.core import accounts, reservations
+from cluster.core.reservations import Resources
+from cluster.core.store import open_store
+from ncloud.errors import Conflict, NcloudError, NotFound
+from ncloud.settings import settings
+
+log = logging.getLogger("ncloud.controller")
+
+
+def _reply(fn: Callable[[], Any]) -> dict[str, Any]:
+    try:
+        return {"ok": fn()}
+    except NcloudError as exc:
+        return {"error": exc.code, "message": exc.message}
+
+
+class Controller:
+    """Wrapped with ray.remote at deploy time (see cluster.deploy)."""
+
+    def __init__(self, db_url: str) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.store = open_store(db_url)
+        self.ingests: dict[int, threading.Thread] = {}
+        self.reconciled = self.reconcile()
+        self.resumed = self._resume_ingests()
+        from jobs.training.scheduler import Scheduler
+
+        self.scheduler = Scheduler(self.store, db_url)
+        from serve.deployments.manager import Serving
+
+        self.serving = Serving(
+            self.store, db_url, self.scheduler.lock, self.scheduler.clear_gpu_bundle
+        )
+        from jobs.batches import driver as batching
+
+        # Made now, not on the first batch: batches a previous controller left Queued or
+        # Running start again with this one.
+        self.batching = batching.Batching(self.store)
+
+    # -- reconciliation -----------------------------------------------------------------
+
+    def reconcile(self) -> dict[str, list[str]]:
+        live = reservations.existing()
+        tenants = accounts.list_tenants(self.store)
+        wanted = {t.placement_group: t for t in tenants}
+        created, removed, failed = [], [], []
+        for name in sorted(set(live) - set(wanted)):
+            reservations.remove(name)
+            removed.append(name)
+        for name, tenant in wanted.items():
+            if name in live:
+                continue
+            try:
+                reservations.create(name, tenant.reserved)
+                created.append(name)
+            except NcloudError as exc:
+                log.error("could not recreate reservation of %s: %s", tenant.name, exc)
+                failed.append(name)
+        log.info("reconciled: created %s, removed %s, failed %s", created, removed, failed)
+        return {"created": created, "removed": removed, "failed": failed}
+
+    # -- dataset ingest -------------------------------------------------------------------
+
+    def _resume_ingests(self) -> list[int]:
+        from jobs.datasets import state as datasets
+
+        found = datasets.in_status(self.store, datasets.DatasetStatus.INGESTING)
+        for tenant, dataset_id in found:
+            self._start_ingest(tenant, dataset_id)
+        return [dataset_id for _, dataset_id in found]
+
+    def _start_ingest(self, tenant: str, dataset_id: int) -> None:
+        from jobs.datasets import ingest_runner
+
+        worker = threading.Thread(
+            target=ingest_runner.run,
+            args=(self.store, tenant, dataset_id),
+            name=f"ingest-{dataset_id}",
+            daemon=True,
+        )
+        self.ingests[dataset_id] = worker
+        worker.start()
+
+    def ingest_dataset(self, tenant: str, dataset_id: int) -> dict[str, Any]:
+        """Move the dataset to Ingesting and ingest it in the background."""
+        from jobs.datasets import state as datasets
+
+        def run() -> dict[str, Any]:
+            running = self.ingests.get(dataset_id)
+            if running is not None and running.is_alive():
+                raise Conflict(f"dataset {dataset_id} is being ingested already")
+            moved = datasets.move(
+                self.store,
+                tenant,
+                dataset_id,
+                datasets.DatasetStatus.INGESTING,
+                progress_done=0,
+                progress_total=0,
+                error=None,
+            )
+            self._start_ingest(tenant, dataset_id)
+            return moved.as_json()
+
+        return _reply(run)
+
+    def start_batch(self, tenant: str, batch_id: int) -> dict[str, Any]:
+        """Predict a Queued batch in a background thread (see jobs/batches/driver.py)."""
+        return _reply(lambda: self.batching.start(tenant, batch_id))
+
+    def ping(self) -> dict[str, Any]:
+        return {
+            "ok": {
+                "reconciled": self.reconciled,
+                "runs": self.scheduler.recovered,
+                "deployments": self.serving.recovered,
+                "batches": self.batching.resumed,
+            }
+        }
+
+    # -- training runs ------------------------------------------------------------------------
+
+    def wake(self) -> dict[str, Any]:
+        """A run was queued: admit it now rather than at the next tick."""
+        self.scheduler.wake.set()
+        return {"ok": True}
+
+    def stop_run(self, tenant: str, model_id: int) -> dict[str, Any]:
+        from jobs.models import state as models
+
+        def run() -> dict[str, Any]:
+            found = models.latest_run(self.store, tenant, model_id)
+            if found.status.is_terminal():
+                raise Conflict(f"model {model_id} is {found.status.value}; nothing to stop")
+            return {"status": self.scheduler.stop(found).status.value}
+
+        return _reply(run)
+
+    def deploy_model(
+        self,
+        tenant: str,
+        model_id: int,
+        replicas: int,
+        gpus: int,
+        checkpoint: int | None,
+        batching: dict[str, Any],
+    ) -> dict[str, Any]:
+        from jobs.models.deployments import Batching
+
+        options = Batching(**{**batching, "volumes": tuple(batching.get("volumes") or ())})
+        return _reply(
+            lambda: self.serving.deploy(tenant, model_id, replicas, gpus, checkpoint, options)
+        )
+
+    def undeploy_model(self, tenant: str, model_id: int) -> dict[str, Any]:
+        return _reply(lambda: self.serving.undeploy(tenant, model_id))
+
+    # -- reservations -------------------------------------------------------------------
+
+    def _reserved_by_others(self, exclude: str | None) -> Resources:
+        total = Resources(0, 0, 0)
+        for t in accounts.list_tenants(self.store):
+            if t.name != exclude:
+                total = total.plus(t.reserved)
+        return total
+
+    def create_tenant(self, name: str, cpus: float, gpus: float, memory: int) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            want = Resources(cpus, gpus, memory)
+            if accounts.tenant_exists(self.store, name):
+                accounts.create_tenant(self.store, name, cpus, gpus, memory)  # raises Conflict
+            reservations.check_fit(
+                want, reservations.cluster_total(), self._reserved_by_others(None)
+            )
+            tenant = accounts.create_tenant(self.store, name, cpus, gpus, memory)
+            try:
+                reservations.create(tenant.placement_group, want)
+            except NcloudError:
+                schema.delete_tenant(self.store, name, force=True)
+                raise
+            self._warm(name)
+            return self._describe(tenant)
+
+        return _reply(run)
+
+    def _warm(self, name: str) -> None:
+        if settings().warm_workers:
+            try:
+                self.scheduler.warm(name)
+            except Exception:  # a worker made later, at the first run, is as good
+                log.exception("could not start the first worker of tenant %s", name)
+
+    def resize_tenant(self, name: str, cpus: float, gpus: float, memory: int) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            old = accounts.get_tenant(self.store, name)
+            if self._training_bundles(name):
+                raise Conflict(
+                    f"tenant {name!r} has training runs or deployments: end them before resizing"
+                )
+            want = Resources(cpus, gpus, memory)
+            reservations.check_fit(
+                want, reservations.cluster_total(), self._reserved_by_others(name)
+            )
+            # A placement group cannot grow in place: free the old one, place the new one,
+            # and put the old one back if the new one does not fit after all.
+            reservations.remove(old.placement_group)
+            reservations.wait_removed(old.placement_group)
+            new = accounts.resize_tenant(self.store, name, cpus, gpus, memory)
+            try:
+                reservations.create(new.placement_group, want)
+            except NcloudError:
+                accounts.resize_tenant(self.store, name, old.cpus, old.gpus, old.memory)
+                restored = accounts.get_tenant(self.store, name)
+                reservations.create(restored.placement_group, restored.reserved)
+                raise
+            self._warm(name)
+            return self._describe(new)
+
+        return _reply(run)
+
+    def delete_tenant(self, name: str, force: bool) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            from cluster.core import storage
+
+            if force:
+                self.serving.remove_all(name)
+            if self._training_bundles(name):
+                raise Conflict(
+                    f"tenant {name!r} has training runs or deployments: stop or undeploy them first"
+                )
+            tenant = schema.delete_tenant(self.store, name, force)
+            reservations.remove(tenant.placement_group)
+            # Rows are gone; the files they named go too, so a new tenant of that name starts empty.
+            storage.remove_tree(storage.tenant_url(name))
+            return {"name": tenant.name, "removed": True}
+
+        return _reply(run)
+
+    def describe_tenant(self, name: str) -> dict[str, Any]:
+        return _reply(lambda: self._describe(accounts.get_tenant(self.store, name)))
+
+    def _describe(self, tenant: accounts.Tenant) -> dict[str, Any]:
+        live = reservations.existing().get(tenant.placement_group)
+        if live is None and accounts.tenant_exists(self.store, tenant.name) is False:
+            raise NotFound(f"no tenant {tenant.name!r}")
+        used = reservations.usage(live["id"]) if live else Resources(0, 0, 0)
+        # A bundle's pool worker holds its GPU even when idle: GPUs count by bundle only.
+        in_use = Resources(used.cpus, 0, used.memory)
+        bundles = tenant.bundles
+        training = self._training_bundles(tenant.name)
+        for b in training:
+            if b < len(bundles):
+                shape = bundles[b]
+                in_use = in_use.plus(
+                    Resources(shape.get("CPU", 0), shape.get("GPU", 0), int(shape.get("memory", 0)))
+                )
+        return {
+            "tenant": tenant.name,
+            "reserved": tenant.reserved.as_dict(),
+            "in_use": in_use.as_dict(),
+            "placement_group": tenant.placement_group,
+            "state": live["state"] if live else "MISSING",
+            "bundles": bundles,
+            "training_bundles": sorted(training),
+        }
+
+    def _training_bundles(self, tenant: str) -> set[int]:
+        """Bundles held by training runs and deployments."""
+        from jobs.models import deployments
+
+        return deployments.bundles_in_use(self.store, tenant)
+
+    def cluster(self) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            total = reservations.cluster_total()
+            reserved = self._reserved_by_others(None)
+            return {
+                "total": total.as_dict(),
+                "reserved": reserved.as_dict(),
+                "unreserved": total.minus(reserved).as_dict(),
+            }
+
+        return _reply(run)

@@ -1,0 +1,353 @@
+"""The local cluster's lifecycle: a Ray head on loopback, the controller and the API on it.
+
+`start` runs `ray start --head --block` as a child in its own process group and records
+its PID in NCLOUD_HOME/server.json, so `stop` ends exactly what `start` started (never a
+machine-wide `ray stop`). With `address`, it attaches to an existing cluster instead and
+`stop` removes only the control plane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cluster.control import schema
+from cluster.core import accounts
+from cluster.core.names import CONTROLLER, NAMESPACE, control_plane_env
+from ncloud.errors import Conflict, NcloudError, ServerError
+from ncloud.protocol import API_PREFIX
+from ncloud.settings import settings
+
+START_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class ServerState:
+    api_url: str
+    ray_address: str
+    dashboard_url: str
+    pid: int | None  # the `ray start --block` process; None when attached to a cluster
+    started_at: float
+    home: str
+    log: str
+
+
+def _state_path() -> Path:
+    return settings().home / "server.json"
+
+
+def read_state() -> ServerState | None:
+    try:
+        return ServerState(**json.loads(_state_path().read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); waitpid tells the difference for our own children.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def healthy(api_url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_auth_env() -> dict[str, str]:
+    """Ray token auth for the local cluster, with a token of its own under NCLOUD_HOME.
+
+    Ray's gRPC ports cannot all be held to loopback, so every client of this cluster
+    (our drivers, `ray job submit`, `ray list ...`) must present this token.
+    """
+    path = settings().home / "ray-auth-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
+def _start_head(
+    cpus: int | None, gpus: int | None, ray_port: int, dashboard_port: int, log_path: Path
+) -> int:
+    ray_bin = Path(sys.executable).parent / "ray"
+    temp_dir = (
+        Path("/tmp") / f"ncloud-{hashlib.sha1(str(settings().home).encode()).hexdigest()[:8]}"
+    )
+    args = [
+        str(ray_bin),
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1",
+        f"--port={ray_port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--temp-dir={temp_dir}",
+    ]
+    if cpus is not None:
+        args.append(f"--num-cpus={cpus}")
+    if gpus is not None:
+        args.append(f"--num-gpus={gpus}")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={
+                **os.environ,
+                **control_plane_env(),
+                "NCLOUD_CACHE_DIR": str(settings().cache_dir),
+                # The metrics agent's Prometheus port listens on every interface without
+                # authentication and names tenants' actors: off on the local cluster.
+                "RAY_enable_metrics_collection": "0",
+            },
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise ServerError(
+                f"the Ray head exited with {proc.returncode}; log {log_path}:\n{tail}"
+            )
+        if "This command will now block" in log_path.read_text(errors="replace"):
+            return proc.pid
+        time.sleep(0.5)
+    _kill_group(proc.pid)
+    raise ServerError(f"the Ray head did not start within {START_TIMEOUT_S:g}s; see {log_path}")
+
+
+def deploy_control_plane(ray_address: str, api_host: str, api_port: int) -> None:
+    """Connect as a short-lived driver, start the controller and the API, disconnect."""
+    import ray
+    from ray import serve
+
+    from cluster.control.controller import Controller
+    from serve.app import APP_NAME, ROUTE_PREFIX, api_application
+
+    env = control_plane_env()
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    ray.init(
+        address=ray_address,
+        namespace=NAMESPACE,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
+    try:
+        actor_class: Any = ray.remote(Controller)
+        actor = actor_class.options(
+            name=CONTROLLER,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            max_restarts=-1,
+            max_task_retries=-1,
+            max_concurrency=8,
+            num_cpus=0,
+            get_if_exists=True,
+        ).remote(env["NCLOUD_DB_URL"])
+        ray.get(actor.ping.remote(), timeout=START_TIMEOUT_S)
+        serve.start(http_options={"host": api_host, "port": api_port})
+        serve.run(api_application(env), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+        from serve.routes.deployments import fallback_application
+
+        serve.run(fallback_application(env), name="ncloud-models", route_prefix="/models")
+    finally:
+        ray.shutdown()
+
+
+def remove_control_plane(ray_address: str) -> None:
+    import ray
+    from ray import serve
+
+    from serve.app import APP_NAME
+
+    ray.init(
+        address=ray_address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False
+    )
+    try:
+        serve.delete(APP_NAME)
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(CONTROLLER, namespace=NAMESPACE), no_restart=True)
+    finally:
+        ray.shutdown()
+
+
+def start(
+    cpus: int | None = None,
+    gpus: int | None = None,
+    api_port: int = 8000,
+    ray_port: int = 6380,
+    dashboard_port: int = 8265,
+    address: str | None = None,
+    api_host: str = "127.0.0.1",
+) -> dict[str, Any]:
+    """Start (or attach) and deploy; returns the state plus the first admin token, if new."""
+    state = read_state()
+    if state is not None and (_alive(state.pid) or state.pid is None) and healthy(state.api_url):
+        raise Conflict(f"ncloud is already running at {state.api_url} (ncloud server status)")
+    if state is not None and state.pid is not None and _alive(state.pid):
+        # A head left without a control plane (say, after the API was killed): start clean.
+        _kill_group(state.pid)
+    s = settings()
+    if not s.single_tenant:  # fail closed: no sandbox, no tenant code
+        from jobs.sandbox.launch import self_test
+        from jobs.sandbox.policy import SandboxUnavailable
+
+        try:
+            self_test()
+        except SandboxUnavailable as exc:
+            raise SandboxUnavailable(
+                f"{exc.message}. Tenant code runs only in a sandbox, so the server does not "
+                "start; on a one-person machine, --single-tenant runs it unsandboxed"
+            ) from exc
+    store = schema.open_store(s.db_url)
+    admin_token = accounts.ensure_admin(store)
+    store.dispose()
+    log_path = s.home / "logs" / "server.log"
+    pid = None
+    if address is None:
+        # Sandboxes of a head that is gone left their folders: nothing on this node uses them.
+        shutil.rmtree(s.sandbox_dir, ignore_errors=True)
+        os.environ.update(ray_auth_env())
+        pid = _start_head(cpus, gpus, ray_port, dashboard_port, log_path)
+        address = f"127.0.0.1:{ray_port}"
+    loopback = "127.0.0.1" if api_host in ("0.0.0.0", "::") else api_host
+    api_url = f"http://{loopback}:{api_port}{API_PREFIX}"
+    try:
+        deploy_control_plane(address, api_host, api_port)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not healthy(api_url):
+            if time.monotonic() > deadline:
+                raise ServerError(f"the API did not answer at {api_url}; see {log_path}")
+            time.sleep(0.5)
+    except BaseException:
+        if pid is not None:
+            _kill_group(pid)
+        raise
+    state = ServerState(
+        api_url=api_url,
+        ray_address=address,
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}" if pid else "",
+        pid=pid,
+        started_at=time.time(),
+        home=str(s.home),
+        log=str(log_path),
+    )
+    _state_path().write_text(json.dumps(asdict(state), indent=2))
+    return {**asdict(state), "admin_token": admin_token}
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Every process in the session the head was started in: exactly what `start` started."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _kill_group(pid: int) -> None:
+    """SIGTERM the head's whole session, then SIGKILL whatever is left after a short grace."""
+    for signum, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, STOP_TIMEOUT_S)):
+        for member in _session_pids(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(member, signum)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            _alive(pid)  # reaps the head if it is our child
+            if not [p for p in _session_pids(pid) if _running(p)]:
+                return
+            time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def stop() -> dict[str, Any]:
+    state = read_state()
+    if state is None:
+        raise Conflict("ncloud is not running (no server.json under NCLOUD_HOME)")
+    if state.pid is None:
+        try:
+            remove_control_plane(state.ray_address)
+        except (NcloudError, ConnectionError, RuntimeError) as exc:
+            raise ServerError(f"could not reach the cluster at {state.ray_address}: {exc}") from exc
+    else:
+        _kill_group(state.pid)
+    _state_path().unlink(missing_ok=True)
+    return {"stopped": True, "api_url": state.api_url, "pid": state.pid}
+
+
+def status() -> dict[str, Any]:
+    state = read_state()
+    if state is None:
+        return {"running": False, "home": str(settings().home)}
+    up = healthy(state.api_url)
+    head = state.pid is None or _alive(state.pid)
+    found = {
+        **asdict(state),
+        "running": up and head,
+        "api_healthy": up,
+        "head_alive": head,
+        "uptime_s": round(time.time() - state.started_at),
+    }
+    if state.pid is not None:
+        found["ray_env"] = {**ray_auth_env(), "RAY_ADDRESS": state.dashboard_url}
+    return found

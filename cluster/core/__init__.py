@@ -1,0 +1,3 @@
+"""The platform's base: the store, storage, tenants, users, tokens, reservations.
+
+It imports no concept above it."""

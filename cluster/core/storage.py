@@ -1,0 +1,144 @@
+"""Where ncloud keeps files: one fsspec URL (NCLOUD_STORAGE) with a prefix per tenant.
+
+Only this module turns names into storage URLs. User-supplied relative paths are
+canonicalised (ncloud.manifest.resolve_path rules) before they are joined to a prefix,
+so nothing a user sends can leave its tenant's prefix.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+from ncloud.errors import InvalidInput, NotFound, PayloadTooLarge
+from ncloud.manifest import resolve_path
+from ncloud.settings import settings
+from ncloud.validation import format_size
+
+# Protocols the server reads and writes; anything else in a URL is refused.
+ALLOWED_PROTOCOLS = ("file", "local", "s3", "memory")
+CHUNK = 1 << 20
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """Connection options for a URL: the configured S3 endpoint for s3://, nothing otherwise."""
+    if url.startswith("s3://") and settings().s3_endpoint_url:
+        return {"client_kwargs": {"endpoint_url": settings().s3_endpoint_url}}
+    return {}
+
+
+def configure_fsspec() -> None:
+    """Make every fsspec s3:// call in this process use NCLOUD_S3_ENDPOINT_URL (moto, MinIO)."""
+    endpoint = settings().s3_endpoint_url
+    if endpoint:
+        fsspec.config.conf.setdefault("s3", {})["client_kwargs"] = {"endpoint_url": endpoint}
+        # Retry quickly: an unreachable endpoint should fail an ingest, not hang it.
+        fsspec.config.conf["s3"]["config_kwargs"] = {
+            "connect_timeout": 5,
+            "read_timeout": 30,
+            "retries": {"max_attempts": 2},
+        }
+
+
+configure_fsspec()
+
+
+def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol not in ALLOWED_PROTOCOLS or "::" in url:
+        raise InvalidInput(f"storage URL {url!r} is not allowed (use a path or s3://...)")
+    fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
+    return fs, path
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+
+def tenant_url(tenant: str, *parts: str) -> str:
+    """A URL under the tenant's own prefix; parts are ncloud-made names, never user paths."""
+    return join(settings().storage, "tenants", tenant, *parts)
+
+
+def safe_join(base: str, relative: str, what: str = "path") -> str:
+    """Join a user-supplied relative path to base after canonicalising it (no escapes)."""
+    try:
+        return resolve_path(base, relative, 0)
+    except InvalidInput as exc:
+        message = str(exc).replace("manifest line 0: path ", f"{what} ")
+        raise InvalidInput(message.replace("the manifest root", "its folder")) from exc
+
+
+def relative_name(relative: str, what: str = "path") -> str:
+    """The canonical form of a user-supplied relative path (raises on escapes)."""
+    joined = safe_join("/r", relative, what)
+    return posixpath.relpath(joined, "/r")
+
+
+def write_stream(url: str, chunks: Iterable[bytes], max_bytes: int) -> int:
+    """Stream chunks to url with bounded memory; refuse past max_bytes, leaving nothing behind.
+
+    Writes to a temporary name first and moves it into place, so a reader never sees half
+    a file (on S3 the object appears only when the upload completes).
+    """
+    fs, path = filesystem(url)
+    tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
+    written = 0
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    try:
+        with fs.open(tmp, "wb") as out:
+            for chunk in chunks:
+                written += len(chunk)
+                if written > max_bytes:
+                    raise PayloadTooLarge(f"file is over the {format_size(max_bytes)} limit")
+                out.write(chunk)
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+    return written
+
+
+def read_chunks(url: str) -> Iterator[bytes]:
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        raise NotFound(f"no file at {url}")
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
+
+
+def list_files(url: str) -> dict[str, int]:
+    """Relative path -> size of every file under url (empty when url does not exist)."""
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return {}
+    found = fs.find(path, detail=True)
+    base = path.rstrip("/") + "/"
+    return {
+        name[len(base) :]: int(info.get("size") or 0)
+        for name, info in found.items()
+        if name.startswith(base) and ".part-" not in name
+    }
+
+
+def remove_tree(url: str) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def size_of(url: str) -> int:
+    fs, path = filesystem(url)
+    return int(fs.size(path))
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return bytes(fs.cat_file(path))

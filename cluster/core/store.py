@@ -1,0 +1,141 @@
+"""The metadata store: one SQLAlchemy engine, short explicit transactions, a schema version.
+
+SQLite (the default) runs in WAL mode with a busy timeout, and write transactions
+begin IMMEDIATE so that two writers never deadlock on a lock upgrade. Any
+SQLAlchemy URL (PostgreSQL on a cluster) works through NCLOUD_DB_URL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import make_url
+
+from ncloud.errors import SchemaMismatch
+
+metadata = MetaData()
+
+# Bump when a table changes; cluster/control/schema.py holds the step from N-1 to N.
+SCHEMA_VERSION = 6
+
+schema_table = Table(
+    "ncloud_schema",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        # Take transaction control away from the driver so that "begin" below decides.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("ncloud_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class Store:
+    """The one handle on the database; subsystem modules take it as their first argument."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if make_url(url).get_backend_name() == "sqlite":
+            self.engine = _sqlite_engine(url)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A short write transaction; commits on success, rolls back on any error."""
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(ncloud_write=True)
+            with conn.begin():
+                yield conn
+
+    def version(self) -> int:
+        """The schema version recorded in the database; 0 for an empty database."""
+        with self.read() as conn:
+            if not self.engine.dialect.has_table(conn, schema_table.name):
+                return 0
+            found = conn.execute(select(schema_table.c.version)).scalar()
+            return int(found or 0)
+
+    def check(self) -> None:
+        """Refuse to work on a store of another schema version, saying what to do."""
+        found = self.version()
+        if found == SCHEMA_VERSION:
+            return
+        if found > SCHEMA_VERSION:
+            raise SchemaMismatch(
+                f"the store at {self.url} has schema version {found}, newer than this "
+                f"ncloud knows ({SCHEMA_VERSION}): upgrade ncloud (pip install -U ncloud)"
+            )
+        raise SchemaMismatch(
+            f"the store at {self.url} has schema version {found}, older than this "
+            f"ncloud needs ({SCHEMA_VERSION}): run `ncloud server start` once to upgrade it"
+        )
+
+    def migrate(self, steps: dict[int, Callable[[Connection], None]]) -> list[int]:
+        """Bring the store up to SCHEMA_VERSION with steps[v] (v-1 -> v); returns those applied."""
+        found = self.version()
+        if found > SCHEMA_VERSION:
+            self.check()
+        applied: list[int] = []
+        for target in range(found + 1, SCHEMA_VERSION + 1):
+            with self.write() as conn:
+                steps[target](conn)
+                schema_table.create(conn, checkfirst=True)
+                conn.execute(schema_table.delete())
+                conn.execute(schema_table.insert().values(id=1, version=target))
+            applied.append(target)
+        return applied
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(url: str) -> Store:
+    """Open a store of this schema version (cluster/control/schema.py creates or upgrades it)."""
+    store = Store(url)
+    store.check()
+    return store

@@ -1,0 +1,1 @@
+"""Batch predictions: their records, the driver thread, Ray tasks over slices, result files."""

@@ -1,0 +1,2 @@
+"""Models: their records and runs, metrics, specs and layers, checkpoints, deployment
+records, the predictor."""

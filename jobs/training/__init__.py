@@ -1,0 +1,2 @@
+"""Training: submit and resume checks, the queue and scheduler, the worker actors, the
+trainer loop."""

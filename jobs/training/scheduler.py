@@ -1,0 +1,372 @@
+"""The training queue's engine, inside the controller actor: admit, launch, watch, finish, recover.
+
+A background thread ticks when a worker ends, when a run is submitted, and at least ten
+times a second while runs are active. Each tick collects the outcomes of finished workers
+(jobs.training.worker.TrainWorker.wait), ends or restarts their runs, and admits queued
+runs into free bundles of their tenant's reservation (jobs.training.queue). Everything it
+decides is written to the store first, so a restarted controller picks up where this one
+stopped: it re-attaches to the workers of Starting and Running runs by launch key, and a
+run whose workers are gone is resumed from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.util.placement_group import get_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cluster.core import accounts
+from cluster.core.names import NAMESPACE
+from cluster.core.store import Store
+from jobs.datasets import state as datasets
+from jobs.models import deployments
+from jobs.models import state as models
+from jobs.models.deployments import DeploymentStatus
+from jobs.models.state import RunStatus
+from jobs.training import queue
+from jobs.training.worker import TrainWorker
+from ncloud.errors import Conflict, NcloudError
+
+log = logging.getLogger("ncloud.scheduler")
+TICK_S = 0.1
+STOP_GRACE_S = 30.0
+
+
+@dataclass
+class Active:
+    """A launched run as this controller sees it: one wait() reference per worker."""
+
+    run_id: int
+    key: str
+    actors: list[Any]
+    refs: dict[Any, int] = field(default_factory=dict)  # wait ref -> rank
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stopping: bool = False
+
+
+class Scheduler:
+    def __init__(self, store: Store, db_url: str) -> None:
+        self.store, self.db_url = store, db_url
+        self.active: dict[int, Active] = {}
+        self.pool: dict[tuple[str, int], Any] = {}
+        self.lock = threading.RLock()
+        self.wake = threading.Event()
+        self.recovered = self._recover()
+        threading.Thread(target=self._loop, name="scheduler", daemon=True).start()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                with self.lock:
+                    self._collect()
+                    self._admit()
+                    refs = self._refs()
+            except Exception:
+                log.exception("scheduler tick failed")
+                refs = []
+            if refs:  # back as soon as a worker ends (its slot goes to the next run at once)
+                ray.wait(refs, num_returns=1, timeout=TICK_S)
+            else:
+                self.wake.wait(0.5)
+            self.wake.clear()
+
+    def _refs(self) -> list[Any]:
+        return [ref for a in self.active.values() for ref in a.refs]
+
+    def _collect(self) -> None:
+        refs = self._refs()
+        ready = ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
+        for ref in ready:
+            for active in list(self.active.values()):
+                if ref in active.refs:
+                    rank = active.refs.pop(ref)
+                    active.results[rank] = self._outcome(ref)
+                    self._settle(active)
+        for active in list(self.active.values()):
+            if not active.refs and active.results:  # lost at recovery, or a launch that failed
+                self._settle(active)
+
+    def _outcome(self, ref: Any) -> dict[str, Any]:
+        try:
+            found = ray.get(ref, timeout=10)
+            return dict(found)
+        except Exception as exc:  # the worker actor itself died (SIGKILL, node lost)
+            return {"outcome": "crashed", "error": f"the worker died ({type(exc).__name__})"}
+
+    def _settle(self, active: Active) -> None:
+        """Decide a run's fate once a worker ended: wait for the rest, end it, or restart it."""
+        outcomes = {r["outcome"] for r in active.results.values()}
+        if active.refs and outcomes <= {"completed", "stopped"}:
+            return  # the others are finishing too
+        if active.refs:  # one worker failed or died: end the others before deciding
+            if not active.stopping:
+                active.stopping = True
+                for rank, actor in enumerate(active.actors):
+                    if rank not in active.results:
+                        actor.stop.remote(active.key, 5.0)
+            return
+        del self.active[active.run_id]
+        for actor in active.actors:  # nothing of this launch may outlive it
+            actor.stop.remote(active.key, 0.0)
+        run, _ = models.get_run(self.store, active.run_id)
+        results = [active.results[r] for r in sorted(active.results)]
+        failed = [r for r in results if r["outcome"] == "failed"]
+        crashed = [r for r in results if r["outcome"] == "crashed"]
+        done = int(results[0].get("epochs_done", run.epochs_done) or run.epochs_done)
+        if failed:
+            self._end(run, RunStatus.FAILED, failed[0].get("error"))
+        elif run.stop_requested:
+            self._end(run, RunStatus.STOPPED, None, epochs_done=max(done, run.epochs_done))
+        elif crashed:
+            self._restart(run, crashed[0].get("error") or "a worker died")
+        elif results[0]["outcome"] == "stopped":
+            self._end(run, RunStatus.STOPPED, None, epochs_done=done)
+        else:
+            self._end(run, RunStatus.COMPLETED, None, epochs_done=done)
+
+    def _end(self, run: models.Run, to: RunStatus, error: str | None, **values: Any) -> None:
+        models.move(self.store, run.id, to, note=(error or "")[:200], error=error, **values)
+        log.info("run %s of model %s: %s", run.id, run.model_id, to.value)
+
+    def _restart(self, run: models.Run, error: str) -> None:
+        if run.restarts >= run.max_restarts:
+            self._end(
+                run,
+                RunStatus.FAILED,
+                f"a worker died {run.restarts + 1} time(s), over --max-restarts "
+                f"{run.max_restarts}; last: {error}",
+            )
+            return
+        moved = models.move(
+            self.store,
+            run.id,
+            RunStatus.STARTING,
+            note=f"restart {run.restarts + 1}: {error}"[:200],
+            restarts=run.restarts + 1,
+        )
+        log.warning("run %s: %s; resuming from its last checkpoint", run.id, error)
+        self._launch(moved, moved.placement or [], resume=True)
+
+    # -- admission -----------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        queued = models.runs_in(self.store, {RunStatus.QUEUED})
+        if not queued:
+            return
+        by_tenant: dict[str, list[models.Run]] = {}
+        for run in queued:
+            by_tenant.setdefault(run.tenant, []).append(run)
+        for tenant, waiting in by_tenant.items():
+            self._admit_tenant(tenant, waiting)
+
+    def _admit_tenant(self, tenant: str, waiting: list[models.Run]) -> None:
+        t = accounts.get_tenant(self.store, tenant)
+        bundles = t.bundles
+        busy = deployments.bundles_in_use(self.store, tenant)
+        options = models.options_of(self.store, [run.model_id for run in waiting])
+        requests = [
+            queue.Request(run.id, options[run.model_id].workers, options[run.model_id].gpus)
+            for run in waiting
+        ]
+        decided = queue.admit(bundles, busy, requests)
+        for run in waiting:
+            if run.id in decided.started:
+                chosen = decided.started[run.id]
+                moved = models.move(
+                    self.store, run.id, RunStatus.STARTING, placement=chosen, reason=None
+                )
+                self._launch(moved, chosen, resume=run.attempt > 1)
+            elif decided.waiting.get(run.id) != run.reason:
+                models.update_run(self.store, run.id, reason=decided.waiting.get(run.id))
+
+    # -- launching -----------------------------------------------------------------------
+
+    def _worker(self, tenant: accounts.Tenant, index: int, bundle: dict[str, float]) -> Any:
+        """The pool worker of one bundle of the tenant's current placement group."""
+        key = (tenant.placement_group, index)
+        if key not in self.pool:
+            group = get_placement_group(tenant.placement_group)
+            cls: Any = ray.remote(TrainWorker)
+            self.pool[key] = cls.options(
+                name=_worker_name(tenant.placement_group, index),
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                num_gpus=bundle.get("GPU", 0),
+                max_concurrency=32,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=group, placement_group_bundle_index=index
+                ),
+            ).remote(self.db_url, int(bundle.get("memory", 0)))
+        return self.pool[key]
+
+    def warm(self, tenant_name: str) -> None:
+        """Make the tenant's first worker now, so its sandbox is ready before the first run."""
+        with self.lock:
+            tenant = accounts.get_tenant(self.store, tenant_name)
+            if tenant.bundles and not tenant.bundles[0].get("GPU"):  # a GPU stays free
+                self._worker(tenant, 0, tenant.bundles[0])
+
+    def clear_gpu_bundle(self, tenant_name: str, model_id: int, bundle: int) -> None:
+        """Free the GPU of a bundle that a deployment now starting holds, for its replica.
+
+        The bundle's pool worker holds its GPU, idle or not, so it stops; but only while
+        the deployment still holds the bundle and no training run does (an undeploy and a
+        new run can slip in between the deploy and this).
+        """
+        with self.lock:
+            tenant = accounts.get_tenant(self.store, tenant_name)
+            dep = deployments.find(self.store, tenant_name, model_id)
+            if dep is None or dep.status is not DeploymentStatus.DEPLOYING:
+                raise Conflict(f"model {model_id} is no longer being deployed")
+            if dep.placement != [bundle]:
+                raise Conflict(f"model {model_id} no longer holds bundle {bundle}")
+            if bundle in deployments.training_bundles(self.store, tenant_name):
+                raise Conflict(f"bundle {bundle} of tenant {tenant_name!r} is training")
+            self.pool.pop((tenant.placement_group, bundle), None)
+            name = _worker_name(tenant.placement_group, bundle)
+            killed = _kill_worker(name)
+        if killed:  # the deployment holds the bundle: no new worker is made there meanwhile
+            _wait_released(name)
+
+    def _launch(self, run: models.Run, placement: list[int], resume: bool) -> None:
+        model = models.get(self.store, run.tenant, run.model_id)
+        tenant = accounts.get_tenant(self.store, run.tenant)
+        bundles = tenant.bundles
+        try:
+            cfg = self._config(run, model, resume)
+            actors = [self._worker(tenant, b, bundles[b]) for b in placement]
+            dist_url = None
+            if len(actors) > 1:
+                dist_url = ray.get(actors[0].rendezvous.remote(), timeout=120)
+            active = Active(run.id, run.launch_key, actors)
+            for rank, (actor, b) in enumerate(zip(actors, placement, strict=True)):
+                worker_cfg = {
+                    **cfg,
+                    "rank": rank,
+                    "world_size": len(actors),
+                    "dist_url": dist_url,
+                    "threads": max(int(bundles[b].get("CPU", 1)), 1),
+                }
+                active.refs[actor.run.remote(run.launch_key, run.id, rank, worker_cfg)] = rank
+            self.active[run.id] = active
+        except NcloudError as exc:
+            self._end(run, RunStatus.FAILED, exc.message)
+        except Exception as exc:  # the pool worker is gone: drop it so the next try makes one
+            for b in placement:
+                self.pool.pop((tenant.placement_group, b), None)
+            lost = Active(run.id, run.launch_key, [])
+            lost.results[0] = {"outcome": "crashed", "error": f"could not launch: {exc!r}"}
+            self.active[run.id] = lost
+
+    def _config(self, run: models.Run, model: models.Model, resume: bool) -> dict[str, Any]:
+        """What jobs.training.trainer.TrainConfig needs (linked datasets: on the worker)."""
+        o = model.options
+        cfg: dict[str, Any] = {
+            "spec_name": model.spec_name,
+            "spec_text": model.spec_text,
+            "validation_percent": o.validation_percent,
+            "epochs": run.epochs,
+            "batch_size": o.batch_size,
+            "run_url": model.url,
+            "checkpoint_every": o.checkpoint_every,
+            "keep_checkpoints": o.keep_checkpoints,
+            "resume": resume,
+            "resume_epoch": run.resume_epoch if run.restarts == 0 else None,
+            "gpus": o.gpus,
+            "seed": o.seed,
+        }
+        for role, dataset_id in (
+            ("train", model.train_dataset_id),
+            ("valid", model.valid_dataset_id),
+        ):
+            cfg[f"{role}_url"] = None
+            if dataset_id is None:
+                continue
+            ds = datasets.get(self.store, run.tenant, dataset_id)
+            if ds.source == "link" and ds.link_url:
+                cfg[f"{role}_link"] = ds.link_url
+            else:
+                cfg[f"{role}_url"] = ds.url
+        return cfg
+
+    # -- requests from the API -------------------------------------------------------------
+
+    def stop(self, run: models.Run, grace_s: float = STOP_GRACE_S) -> models.Run:
+        """Queued: Stopped now. Starting/Running: ask the workers to checkpoint and end."""
+        with self.lock:
+            current, _ = models.get_run(self.store, run.id)
+            if current.status is RunStatus.QUEUED:
+                return models.move(
+                    self.store, run.id, RunStatus.STOPPED, note="stopped while queued"
+                )
+            models.update_run(self.store, run.id, stop_requested=True)
+            active = self.active.get(run.id)
+            if active is not None:
+                for actor in active.actors:
+                    actor.stop.remote(active.key, grace_s)
+            self.wake.set()
+            return models.get_run(self.store, run.id)[0]
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def _recover(self) -> dict[str, list[int]]:
+        """Re-attach to the workers of every launched run; what is gone resumes or ends."""
+        attached: list[int] = []
+        lost: list[int] = []
+        for run in models.runs_in(self.store, {RunStatus.STARTING, RunStatus.RUNNING}):
+            actors = []
+            group = accounts.get_tenant(self.store, run.tenant).placement_group
+            for b in run.placement or []:
+                name = _worker_name(group, b)
+                try:
+                    actors.append(ray.get_actor(name, namespace=NAMESPACE))
+                except ValueError:
+                    actors = []
+                    break
+            active = Active(run.id, run.launch_key, actors)
+            if actors:
+                for rank, actor in enumerate(actors):
+                    active.refs[actor.wait.remote(run.launch_key)] = rank
+                attached.append(run.id)
+            else:
+                active.results[0] = {"outcome": "crashed", "error": "its workers were lost"}
+                lost.append(run.id)
+            self.active[run.id] = active
+        log.info("recovered runs: attached %s, lost %s", attached, lost)
+        return {"attached": attached, "lost": lost}
+
+
+def _worker_name(placement_group: str, index: int) -> str:
+    return f"ncloud-worker-{placement_group}-b{index}"
+
+
+def _kill_worker(name: str) -> bool:
+    """Stop a pool worker by name (also one a previous controller made); False if none."""
+    try:
+        worker = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    ray.kill(worker, no_restart=True)
+    return True
+
+
+def _wait_released(name: str, timeout_s: float = 30.0) -> None:
+    """Until a killed actor's name is free, so the next worker made by it is a new one."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"pool worker {name} was still registered {timeout_s:g}s after ray.kill")

@@ -1,0 +1,96 @@
+"""The client's admin and account calls: tenants, users, tokens, the cluster's resources."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ncloud.client.transport import JSON, Transport
+
+
+class Tenants:
+    def __init__(self, client: Transport) -> None:
+        self._c = client
+
+    def add(self, name: str, cpus: float, gpus: float = 0, memory: int | str = 0) -> JSON:
+        return self._c.request(
+            "POST", "/tenants", json={"name": name, "cpus": cpus, "gpus": gpus, "memory": memory}
+        )
+
+    def list(self) -> JSON:
+        return self._c.request("GET", "/tenants")
+
+    def show(self, name: str) -> JSON:
+        return self._c.request("GET", f"/tenants/{name}")
+
+    def modify(
+        self,
+        name: str,
+        cpus: float | None = None,
+        gpus: float | None = None,
+        memory: int | str | None = None,
+    ) -> JSON:
+        body = {
+            k: v for k, v in (("cpus", cpus), ("gpus", gpus), ("memory", memory)) if v is not None
+        }
+        return self._c.request("PATCH", f"/tenants/{name}", json=body)
+
+    def remove(self, name: str, force: bool = False) -> JSON:
+        return self._c.request("DELETE", f"/tenants/{name}", params={"force": force})
+
+
+class Users:
+    def __init__(self, client: Transport) -> None:
+        self._c = client
+
+    def add(self, email: str, tenants: list[str], admin: bool = False) -> JSON:
+        return self._c.request(
+            "POST", "/users", json={"email": email, "tenants": tenants, "admin": admin}
+        )
+
+    def list(self, tenant: str | None = None) -> JSON:
+        return self._c.request("GET", "/users", params={"tenant": tenant} if tenant else None)
+
+    def show(self, email: str) -> JSON:
+        return self._c.request("GET", f"/users/{email}")
+
+    def modify(
+        self,
+        email: str,
+        add_tenants: Sequence[str] | None = None,
+        remove_tenants: Sequence[str] | None = None,
+        admin: bool | None = None,
+    ) -> JSON:
+        return self._c.request(
+            "PATCH",
+            f"/users/{email}",
+            json={
+                "add_tenants": list(add_tenants or []),
+                "remove_tenants": list(remove_tenants or []),
+                "admin": admin,
+            },
+        )
+
+    def remove(self, email: str) -> JSON:
+        return self._c.request("DELETE", f"/users/{email}")
+
+
+class Tokens:
+    def __init__(self, client: Transport) -> None:
+        self._c = client
+
+    def create(self, name: str = "cli") -> JSON:
+        return self._c.request("POST", "/tokens", json={"name": name})
+
+    def list(self) -> JSON:
+        return self._c.request("GET", "/tokens")
+
+    def revoke(self, token_id: str) -> JSON:
+        return self._c.request("DELETE", f"/tokens/{token_id}")
+
+
+class ResourcesAPI:
+    def __init__(self, client: Transport) -> None:
+        self._c = client
+
+    def list(self) -> JSON:
+        return self._c.request("GET", "/resources")

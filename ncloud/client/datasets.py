@@ -1,0 +1,48 @@
+"""The client's dataset calls (Client.datasets)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ncloud.client.transport import Transport
+
+
+class Datasets:
+    def __init__(self, client: Transport) -> None:
+        self._c = client
+
+    def create(self, name: str, manifest: bytes, manifest_name: str = "manifest.tsv") -> Any:
+        """Register an upload (or resume one); returns the files still needed and present."""
+        return self._c.request(
+            "POST",
+            "/datasets",
+            content=manifest,
+            params={"name": name, "manifest_name": manifest_name},
+        )
+
+    def link(self, name: str, url: str) -> Any:
+        return self._c.request("POST", "/datasets/link", json={"name": name, "url": url})
+
+    def list(self) -> Any:
+        return self._c.request("GET", "/datasets")
+
+    def show(self, dataset_id: int) -> Any:
+        return self._c.request("GET", f"/datasets/{dataset_id}")
+
+    def remove(self, dataset_id: int) -> Any:
+        return self._c.request("DELETE", f"/datasets/{dataset_id}")
+
+    def files(self, dataset_id: int) -> Any:
+        return self._c.request("GET", f"/datasets/{dataset_id}/files")
+
+    def put_file(self, dataset_id: int, name: str, chunks: Iterator[bytes], size: int) -> Any:
+        return self._c.put_file(f"/datasets/{dataset_id}/files/{quote(name)}", chunks, size)
+
+    def ingest(self, dataset_id: int) -> Any:
+        return self._c.request("POST", f"/datasets/{dataset_id}/ingest")
+
+    def download_file(self, dataset_id: int, name: str, dest: Path) -> int:
+        return self._c.stream_download(f"/datasets/{dataset_id}/files/{quote(name)}", dest)

@@ -1,0 +1,2 @@
+"""Deployed models on Ray Serve: placing them (manager), the replica, what it does with
+a request."""

@@ -1,0 +1,112 @@
+"""What a deployed model's replica does with a request before the network sees it.
+
+Who may ask (a tenant token or the deployment's own, cached for a second), which inputs it
+sent, its query parameters, and its path under the deployment's route.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from cluster.core import accounts
+from jobs.models import deployments
+from jobs.models.predictor import DEFAULT_K
+from ncloud.errors import InvalidInput, NotFound, Unauthenticated
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+class AuthCache:
+    """Authorization headers that passed the check in the last `ttl_s` seconds.
+
+    Checking a token is a database read; under load every request would pay for one. Only
+    successes are kept (as hashes), so a bad token is refused on every request, and a revoked
+    one is refused at most `ttl_s` after the revocation.
+    """
+
+    def __init__(self, ttl_s: float, size: int = 1024) -> None:
+        self.ttl_s, self.size = ttl_s, size
+        self._until: dict[bytes, float] = {}
+
+    @staticmethod
+    def _key(header: str) -> bytes:
+        return hashlib.sha256(header.encode()).digest()
+
+    def fresh(self, header: str) -> bool:
+        until = self._until.get(self._key(header))
+        return until is not None and time.monotonic() < until
+
+    def remember(self, header: str) -> None:
+        if len(self._until) >= self.size:
+            now = time.monotonic()
+            self._until = {k: t for k, t in self._until.items() if t > now}
+            if len(self._until) >= self.size:
+                self._until.clear()
+        self._until[self._key(header)] = time.monotonic() + self.ttl_s
+
+
+def authorize(store: Any, tenant: str | None, model_id: int | str, request: Request) -> str:
+    """The model's tenant, when the caller is one of its users (or an admin) or holds this
+    deployment's token; else 401/404.
+
+    `tenant` None means there is no such model: a user's token gets a 404, any other a 401.
+    """
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if not header or scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("send 'Authorization: Bearer <token>' (a tenant or deployment token)")
+    if token.startswith("ncd_"):
+        if tenant is None:  # no deployment token is valid for a model that does not exist
+            raise Unauthenticated("invalid or revoked deployment token")
+        deployments.check_token(store, int(model_id), token)
+        return tenant
+    user = accounts.authenticate(store, token)
+    if tenant is None or (tenant not in user.tenants and not user.is_admin):
+        raise NotFound(f"no model {model_id}")
+    return tenant
+
+
+async def read_inputs(request: Request) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every input: multipart files, or one raw body (a file or JSON)."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form()
+        found = []
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                found.append((value.filename or key, await value.read()))
+        if not found:
+            raise InvalidInput("no files in the request: send -F file=@input.jpg")
+        return found
+    body = await request.body()
+    if not body:
+        raise InvalidInput("the request is empty: send -F file=@input.jpg")
+    name = "input.json" if "json" in kind else request.query_params.get("name", "input")
+    return [(name, body)]
+
+
+def query(request: Request) -> tuple[int, bool]:
+    """`k` and `raw` from the query string; a 422 naming the bad one."""
+    params = request.query_params
+    try:
+        k = int(params.get("k", DEFAULT_K))
+    except ValueError:
+        raise InvalidInput(f"k must be an integer, not {params.get('k')!r}") from None
+    raw = params.get("raw", "false").lower()
+    if raw not in _TRUE | _FALSE:
+        raise InvalidInput(f"raw must be true or false, not {params.get('raw')!r}")
+    return k, raw in _TRUE
+
+
+def relative_path(request: Request) -> str:
+    """The path under the deployment's route (/models/<id>): "/" or "/predict"."""
+    path, root = request.scope.get("path", "/"), request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return "/" + path.strip("/")
