@@ -32,6 +32,7 @@ from jobs.sandbox import collective, frames, outputs, staging
 from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.policy import DEFAULT_DATA, Limits, Policy
 from jobs.sandbox.pool import WarmPool
+from jobs.training import group as process_group
 from jobs.volumes import sync as volume_sync
 from ncloud.errors import InvalidInput, NcloudError
 from ncloud.settings import settings
@@ -39,7 +40,6 @@ from ncloud.validation import format_size
 
 log = logging.getLogger("ncloud.runner")
 FLUSH_S = 0.5
-COLLECTIVE_TIMEOUT_S = 600
 PROGRESS_S = 1.0
 MAX_LINE = 8192
 
@@ -216,7 +216,15 @@ class TrainWorker:
         """Run the rank in its sandbox: relay its events, its collectives and its memory."""
         group = None
         if cfg["world_size"] > 1:
-            group = _join_group(launch.dist_url, cfg["rank"], cfg["world_size"])
+            try:
+                group = process_group.join(
+                    str(launch.dist_url),
+                    cfg["rank"],
+                    cfg["world_size"],
+                    stopped=lambda: launch.stop_asked,
+                )
+            except process_group.Stopped:  # before the others came: nothing ran
+                return {"outcome": "stopped"}
         try:
             box.begin({"cfg": cfg}, tenant_id)
             if launch.stop_asked:
@@ -224,7 +232,7 @@ class TrainWorker:
             return self._follow(box, relay, mirror, group)
         finally:
             if group is not None:
-                _leave_group()
+                process_group.leave()
 
     def _follow(
         self, box: Sandbox, relay: _Relay, mirror: staging.Mirror, group: Any
@@ -319,31 +327,6 @@ def _outcome(raw: Any) -> dict[str, Any]:
         "epochs_done": done,
         "metrics": _metrics(result.get("metrics")),
     }
-
-
-def _join_group(dist_url: str | None, rank: int, world_size: int) -> Any:
-    """The trusted workers' own process group, which carries the sandboxes' collectives."""
-    import datetime
-
-    import torch.distributed as dist
-
-    from jobs.sandbox.collective import TorchCollective
-
-    dist.init_process_group(
-        "gloo",
-        init_method=dist_url,
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
-    )
-    return TorchCollective(world_size)
-
-
-def _leave_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 class _Relay:
