@@ -29,6 +29,7 @@ from sqlalchemy import (
 
 from cluster.core import accounts, storage
 from cluster.core.store import Store, metadata, utcnow
+from cluster.core.transitions import transition
 from ncloud.errors import Conflict, InvalidInput, NotFound
 
 FORMATS = ("csv", "jsonl")
@@ -248,19 +249,20 @@ def in_status(store: Store, statuses: set[BatchStatus]) -> list[tuple[str, int]]
 
 
 def move(store: Store, tenant: str, batch_id: int, to: BatchStatus, **values: Any) -> Batch:
-    """Change status (checked against TRANSITIONS) and other columns in one write."""
+    """Change status (checked against TRANSITIONS in the same write) and other columns."""
+    tenant_id = accounts.get_tenant(store, tenant).id
+    table = batch_predictions
+    row = (table.c.id == batch_id) & (table.c.tenant_id == tenant_id)
+    with store.write() as conn:
+        moved = transition(
+            conn, table, row, TRANSITIONS, to, {"updated_at": utcnow(), **values}, may_stay=True
+        )
     current = get(store, tenant, batch_id)
-    if to is not current.status and to not in TRANSITIONS[current.status]:
+    if not moved:
         raise Conflict(
             f"batch prediction {batch_id} is {current.status.value}; it cannot become {to.value}"
         )
-    with store.write() as conn:
-        conn.execute(
-            update(batch_predictions)
-            .where(batch_predictions.c.id == batch_id)
-            .values(status=to.value, updated_at=utcnow(), **values)
-        )
-    return get(store, tenant, batch_id)
+    return current
 
 
 def progress(store: Store, batch_id: int, predicted: int, bad_rows: int) -> None:

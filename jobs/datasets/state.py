@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cluster.core import accounts, storage
 from cluster.core.store import Store, metadata, utcnow
+from cluster.core.transitions import transition
 from ncloud.errors import Conflict, NotFound
 from ncloud.validation import check_name
 
@@ -237,21 +238,21 @@ def in_status(store: Store, status: DatasetStatus) -> list[tuple[str, int]]:
 
 
 def move(store: Store, tenant: str, dataset_id: int, to: DatasetStatus, **values: Any) -> Dataset:
-    """Change status (checked against TRANSITIONS) and other columns in one write."""
+    """Change status (checked against TRANSITIONS in the same write) and other columns."""
+    if "info" in values:
+        values["info"] = json.dumps(values["info"])
+    tenant_id = accounts.get_tenant(store, tenant).id
+    row = (datasets.c.id == dataset_id) & (datasets.c.tenant_id == tenant_id)
+    with store.write() as conn:
+        moved = transition(
+            conn, datasets, row, TRANSITIONS, to, {"updated_at": utcnow(), **values}, may_stay=True
+        )
     current = get(store, tenant, dataset_id)
-    if to is not current.status and to not in TRANSITIONS[current.status]:
+    if not moved:
         raise Conflict(
             f"dataset {dataset_id} is {current.status.value}; it cannot become {to.value}"
         )
-    if "info" in values:
-        values["info"] = json.dumps(values["info"])
-    with store.write() as conn:
-        conn.execute(
-            update(datasets)
-            .where(datasets.c.id == dataset_id)
-            .values(status=to.value, updated_at=utcnow(), **values)
-        )
-    return get(store, tenant, dataset_id)
+    return current
 
 
 def progress(store: Store, dataset_id: int, done: int, total: int) -> None:

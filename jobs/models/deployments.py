@@ -34,6 +34,7 @@ from sqlalchemy import (
 
 from cluster.core import accounts
 from cluster.core.store import Store, metadata, utcnow
+from cluster.core.transitions import transition
 from jobs.models import state as models
 from ncloud.errors import Conflict, Unauthenticated
 
@@ -48,6 +49,26 @@ class DeploymentStatus(StrEnum):
     def holds_bundles(self) -> bool:
         return self in (DeploymentStatus.DEPLOYING, DeploymentStatus.DEPLOYED)
 
+
+# Which status may follow which; anything else is a Conflict. A redeploy of an Undeployed or
+# Failed model starts a new row (`begin`), not a transition.
+TRANSITIONS = {
+    DeploymentStatus.DEPLOYING: {
+        DeploymentStatus.DEPLOYING,  # redeployed after a restart (recovery)
+        DeploymentStatus.DEPLOYED,
+        DeploymentStatus.FAILED,
+        DeploymentStatus.UNDEPLOYING,
+        DeploymentStatus.UNDEPLOYED,  # the tenant removed with --force
+    },
+    DeploymentStatus.DEPLOYED: {
+        DeploymentStatus.DEPLOYING,
+        DeploymentStatus.UNDEPLOYING,
+        DeploymentStatus.UNDEPLOYED,
+    },
+    DeploymentStatus.FAILED: {DeploymentStatus.UNDEPLOYING},
+    DeploymentStatus.UNDEPLOYING: {DeploymentStatus.UNDEPLOYED},
+    DeploymentStatus.UNDEPLOYED: set(),
+}
 
 deployments = Table(
     "deployments",
@@ -203,12 +224,17 @@ def begin(
 
 
 def move(store: Store, tenant: str, model_id: int, to: DeploymentStatus, **values: Any) -> None:
+    """Change status (checked against TRANSITIONS in the same write) and other columns."""
+    tenant_id = accounts.get_tenant(store, tenant).id
+    row = (deployments.c.model_id == model_id) & (deployments.c.tenant_id == tenant_id)
     with store.write() as conn:
-        conn.execute(
-            update(deployments)
-            .where(deployments.c.model_id == model_id)
-            .values(status=to.value, updated_at=utcnow(), **values)
+        moved = transition(
+            conn, deployments, row, TRANSITIONS, to, {"updated_at": utcnow(), **values}
         )
+    if not moved:
+        now = find(store, tenant, model_id)
+        status = now.status.value if now is not None else "not deployed"
+        raise Conflict(f"model {model_id}'s deployment is {status}; it cannot become {to.value}")
 
 
 def revoke_token(store: Store, tenant: str, model_id: int) -> None:

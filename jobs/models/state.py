@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cluster.core import accounts, storage
 from cluster.core.store import Store, metadata, utcnow
+from cluster.core.transitions import transition
 from ncloud.errors import Conflict, NotFound
 from ncloud.validation import check_name
 
@@ -428,7 +429,8 @@ def queue_positions(store: Store, tenant: str) -> dict[int, int]:
 
 
 def move(store: Store, run_id: int, to: RunStatus, note: str = "", **values: Any) -> Run:
-    """Change a run's status (checked against TRANSITIONS) and other columns in one write."""
+    """Change a run's status (checked against TRANSITIONS in the same write) and other
+    columns; the history gets one entry."""
     with store.write() as conn:
         row = conn.execute(_runs_with_tenant().where(runs.c.id == run_id)).first()
         if row is None:
@@ -447,11 +449,12 @@ def move(store: Store, run_id: int, to: RunStatus, note: str = "", **values: Any
             values.setdefault("ended_at", now)
             values.setdefault("progress", None)
         history = [*current.history, _history_entry(to, note)]
-        conn.execute(
-            update(runs)
-            .where(runs.c.id == run_id)
-            .values(status=to.value, updated_at=now, history=json.dumps(history), **values)
-        )
+        values.update(updated_at=now, history=json.dumps(history))
+        # Compare-and-set on the status read above: a writer that moved the run since wins.
+        if not transition(
+            conn, runs, runs.c.id == run_id, TRANSITIONS, to, values, only_from={current.status}
+        ):
+            raise Conflict(f"model {current.model_id} changed status while becoming {to.value}")
     return get_run(store, run_id)[0]
 
 
