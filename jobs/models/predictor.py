@@ -144,8 +144,17 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, inputs: list[Any]) -> torch.Tensor:
         """[N, classes] for N decoded inputs, in one forward pass."""
-        x = self.transform(inputs, np.random.default_rng(0))
-        out = self.network(x)
+        return self._softmax(self.network(self._batch(inputs)))
+
+    async def probabilities_async(self, inputs: list[Any]) -> torch.Tensor:
+        """`probabilities` for a coroutine: its event loop goes on during the forward."""
+        return self._softmax(await self.network.call_async(self._batch(inputs)))
+
+    def _batch(self, inputs: list[Any]) -> torch.Tensor:
+        return self.transform(inputs, np.random.default_rng(0))
+
+    @torch.no_grad()
+    def _softmax(self, out: torch.Tensor) -> torch.Tensor:
         if out.ndim != 2 or out.shape[1] != self.num_classes:
             raise ServerError(f"the network answered shape {list(out.shape)}, not [N, classes]")
         return out.float() if self.ends_in_softmax else torch.softmax(out.float(), dim=1)
@@ -168,8 +177,19 @@ class Predictor:
 
     def probe(self) -> None:
         """One forward of an all-zero example of the training shape (a health check)."""
+        zero = self._probe_input()
+        if zero is not None:
+            self.probabilities([zero])
+
+    async def probe_async(self) -> None:
+        zero = self._probe_input()
+        if zero is not None:
+            await self.probabilities_async([zero])
+
+    def _probe_input(self) -> np.ndarray | None:
         if self.dataset_shape is not None and self.kind == "image":
-            self.probabilities([np.zeros(self.dataset_shape, np.uint8)])
+            return np.zeros(self.dataset_shape, np.uint8)
+        return None
 
     def close(self) -> None:
         self.network.close()

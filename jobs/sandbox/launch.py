@@ -11,7 +11,9 @@ never handed to another tenant; one that cannot be recycled cleanly is thrown aw
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -39,6 +41,7 @@ LOG_LINE_BYTES = 8192
 MAX_LOG_LINES = 20_000  # per sandbox: the rest of a flood is dropped, not stored
 MAX_PAYLOAD = 512 << 20  # one frame from a sandbox (a collective of 64M float64s)
 FRAME_QUEUE = 64  # frames read ahead; then the sandbox waits
+PIPE_BYTES = 1 << 20  # the input pipe (the unprivileged most): a batch of 32 images fits
 RECYCLE_TIMEOUT_S = 5.0  # for a job's process to end and its sandbox to be emptied
 Frame = tuple[dict[str, Any], bytes]
 
@@ -100,6 +103,7 @@ class Sandbox:
         self._job_ended = threading.Event()
         self._job_how: str | None = None
         self._log_barrier: str | None = None
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
 
     # -- life ----------------------------------------------------------------------------
 
@@ -133,6 +137,8 @@ class Sandbox:
         os.close(events_w)
         if self.proc.stdin is not None:
             os.set_blocking(self.proc.stdin.fileno(), False)
+            with contextlib.suppress(OSError):  # a batch's frame fits: a send need not wait
+                fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._events = os.fdopen(events_r, "rb")
         threading.Thread(target=self._read_frames, daemon=True, name="ncloud-sbx-frames").start()
         threading.Thread(target=self._read_log, daemon=True, name="ncloud-sbx-log").start()
@@ -196,6 +202,24 @@ class Sandbox:
             return self.frames.get(timeout=timeout_s)
         except Empty:
             return None
+
+    async def recv_async(self, timeout_s: float) -> Frame | None:
+        """`recv` for a coroutine: it waits without holding up its event loop (the frame
+        reader wakes it). One coroutine at a time may wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            with contextlib.suppress(Empty):
+                return self.frames.get_nowait()
+            woken: asyncio.Future[None] = loop.create_future()
+            self._waiter = (loop, woken)
+            try:
+                if self.frames.empty():  # checked after the waiter is set: no wake is lost
+                    await asyncio.wait_for(woken, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
 
     def alive(self) -> bool:
         """Whether the job may still say something: its process runs, or its frames wait."""
@@ -326,14 +350,21 @@ class Sandbox:
                 if frame[0].get("kind") == "exit" and self.begun:  # the job's process ended
                     self._job_how = str(frame[0].get("how", "ended"))[:200]
                     self._job_ended.set()
-                    self.frames.put(None)  # wakes a waiting recv, as a hang-up would
+                    self._put(None)  # wakes a waiting recv, as a hang-up would
                     continue
-                self.frames.put(frame)
+                self._put(frame)
         except (frames.FrameError, OSError, ValueError) as exc:
             if "closed the pipe" not in str(exc):
                 self.error = str(exc)
         finally:
-            self.frames.put(None)
+            self._put(None)
+
+    def _put(self, frame: Frame | None) -> None:
+        self.frames.put(frame)
+        waiter = self._waiter
+        if waiter is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
+                waiter[0].call_soon_threadsafe(_settle, waiter[1])
 
     def _read_log(self) -> None:
         if self.proc is None or self.proc.stdout is None:
@@ -351,6 +382,11 @@ class Sandbox:
                 self.on_log(line)
             elif self.log_lines == MAX_LOG_LINES:
                 self.on_log(f"(the log stops here: over {MAX_LOG_LINES} lines)")
+
+
+def _settle(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
 
 
 def _empty(path: str) -> None:

@@ -12,6 +12,7 @@ vetting every op. A sandboxed child costs one pipe round trip per batch instead.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -25,7 +26,7 @@ import torch
 from cluster.core import storage
 from jobs.models import checkpoints
 from jobs.sandbox import frames
-from jobs.sandbox.launch import Sandbox, new_slot
+from jobs.sandbox.launch import Frame, Sandbox, new_slot
 from jobs.sandbox.policy import Limits, Policy
 from ncloud.errors import Conflict, InvalidInput, ServerError
 from ncloud.settings import settings
@@ -114,7 +115,8 @@ class SandboxedNetwork:
             single_tenant=settings().single_tenant,
             volumes_writable=False,
         )
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one forward in flight: from a thread or a coroutine
+        self.async_lock = asyncio.Lock()
         self.box = Sandbox("serve", policy)
         self.box.start()
         try:
@@ -148,25 +150,38 @@ class SandboxedNetwork:
         self.device = str(header.get("device", "cpu"))
 
     def _reply(self, timeout_s: float, what: str) -> dict[str, Any]:
-        frame = self.box.recv(timeout_s)
+        return self._header(self.box.recv(timeout_s), what)
+
+    def _header(self, frame: Frame | None, what: str) -> dict[str, Any]:
         if frame is None:
             self.box.kill()
             raise ServerError(f"{what} failed: the sandbox ended ({self.box.exit_text()})")
         return frame[0] if frame[0].get("kind") != "output" else {**frame[0], "_payload": frame[1]}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        a = np.ascontiguousarray(x.detach().cpu().numpy())
-        if str(a.dtype) not in frames.DTYPES:
-            a = a.astype(np.float32)
+        a = _batch_array(x)
         with self.lock:
             self.box.send({"kind": "forward", **frames.array_header(a)}, a.tobytes())
             header = self._reply(FORWARD_TIMEOUT_S, "the forward pass")
-        if header.get("kind") == "output_error":
-            raise ServerError(f"the network failed: {str(header.get('error'))[-1000:]}")
-        out = frames.to_array(header, header.pop("_payload", b""))
-        if out.ndim != 2 or out.shape[0] != a.shape[0] or out.dtype != np.float32:
-            raise ServerError(f"the network answered shape {list(out.shape)}, not [N, classes]")
-        return torch.from_numpy(out.copy())
+        return _output(header, a)
+
+    async def call_async(self, x: torch.Tensor) -> torch.Tensor:
+        """`self(x)` for a coroutine: the sandbox computes while the event loop goes on. A
+        cancelled caller (a client that hung up) does not cancel the round trip, which
+        still reads its own answer: the next forward must not get it."""
+        a = _batch_array(x)
+        return _output(await asyncio.shield(self._round_trip(a)), a)
+
+    async def _round_trip(self, a: np.ndarray) -> dict[str, Any]:
+        async with self.async_lock:
+            if not self.lock.acquire(blocking=False):  # a thread's forward: never wait on it here
+                raise ServerError("the network is busy with a forward from another thread")
+            try:
+                self.box.send({"kind": "forward", **frames.array_header(a)}, a.tobytes())
+                frame = await self.box.recv_async(FORWARD_TIMEOUT_S)
+                return self._header(frame, "the forward pass")
+            finally:
+                self.lock.release()
 
     def close(self) -> None:
         self.box.close()
@@ -175,3 +190,17 @@ class SandboxedNetwork:
         box = getattr(self, "box", None)
         if box is not None:
             box.close()
+
+
+def _batch_array(x: torch.Tensor) -> np.ndarray:
+    a = np.ascontiguousarray(x.detach().cpu().numpy())
+    return a if str(a.dtype) in frames.DTYPES else a.astype(np.float32)
+
+
+def _output(header: dict[str, Any], a: np.ndarray) -> torch.Tensor:
+    if header.get("kind") == "output_error":
+        raise ServerError(f"the network failed: {str(header.get('error'))[-1000:]}")
+    out = frames.to_array(header, header.pop("_payload", b""))
+    if out.ndim != 2 or out.shape[0] != a.shape[0] or out.dtype != np.float32:
+        raise ServerError(f"the network answered shape {list(out.shape)}, not [N, classes]")
+    return torch.from_numpy(out.copy())

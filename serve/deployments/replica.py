@@ -114,11 +114,11 @@ def model_application(
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
         async def _forward(self, inputs: list[Any]) -> list[torch.Tensor]:
-            return list(self.predictor.probabilities(inputs))
+            return list(await self.predictor.probabilities_async(inputs))
 
-        def check_health(self) -> None:
+        async def check_health(self) -> None:
             """Serve restarts a replica whose network no longer answers a zero input."""
-            self.predictor.probe()
+            await self.predictor.probe_async()
 
         async def __call__(self, request: Request) -> Response:
             self.active += 1  # counted from arrival: a request still reading its body counts
@@ -189,7 +189,7 @@ def model_application(
             self.waiting += len(decoded)
             try:
                 if self.active == 1:  # nothing to batch with: one forward now, no batch wait
-                    probs = list(self.predictor.probabilities(decoded))
+                    probs = list(await self.predictor.probabilities_async(decoded))
                 elif len(decoded) == 1:
                     probs = [await self._forward(decoded[0])]
                 else:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +105,29 @@ def test_raw_outputs_are_probabilities(trained: dict[str, Any]) -> None:
     assert probs.shape == (1, 10) and torch.allclose(probs.sum(1), torch.ones(1))
     p.probe()
     assert json.dumps(p.top_k(probs, 1))
+
+
+def test_async_forwards_answer_their_own_inputs_when_a_caller_gives_up(
+    trained: dict[str, Any],
+) -> None:
+    """A coroutine cancelled while the sandbox computes (a client that hung up) must not
+    leave its answer in the pipe for the next forward to take."""
+    p = Predictor(trained["run"], "mlp.yaml", MLP, tenant_id=1)
+    files = trained["root"] / "files"
+    xs = [p.decode(f"{i}.png", (files / "holdout" / f"{i:04d}.png").read_bytes()) for i in range(6)]
+    expected = p.probabilities(xs)
+
+    async def scenario() -> list[torch.Tensor]:
+        gone = asyncio.ensure_future(p.probabilities_async(xs[:1]))
+        deadline = time.monotonic() + 10
+        while not p.network.lock.locked():  # sent, and waiting for the sandbox's answer
+            assert time.monotonic() < deadline, "the forward never started"
+            await asyncio.sleep(0)
+        gone.cancel()
+        answers = await asyncio.gather(*[p.probabilities_async([x]) for x in xs[1:]])
+        await p.probe_async()
+        return [await p.probabilities_async(xs[:1]), *answers]
+
+    got = torch.cat(asyncio.run(scenario()))
+    assert torch.allclose(got, expected, atol=1e-5)
+    p.close()
