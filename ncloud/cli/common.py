@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,6 +14,9 @@ from ncloud import config
 from ncloud.errors import NcloudError, UsageError
 from ncloud.render import Output, err
 from ncloud.validation import parse_mount as parse_mount
+
+if TYPE_CHECKING:
+    from ncloud.client import Client
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
@@ -28,7 +31,7 @@ class GlobalOptions:
 OPTIONS = GlobalOptions()
 
 
-def client():  # type: ignore[no-untyped-def]
+def client() -> Client:
     """A client configured from --host/--token/--tenant, NCLOUD_* and ~/.ncloudrc."""
     from ncloud.client import Client  # httpx is only imported by commands that talk HTTP
 
