@@ -9,10 +9,7 @@ in the run's history.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -32,34 +29,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from cluster.core import accounts, storage
+from cluster.core import accounts
 from cluster.core.store import Store, metadata, utcnow
 from cluster.core.transitions import transition
+from jobs.models.options import TrainOptions
+
+# The records are part of this module's interface (models.Run, state.RunStatus).
+from jobs.models.records import TRANSITIONS, Model, Run, RunStatus, model_of, run_of
 from ncloud.errors import Conflict, NotFound
 from ncloud.validation import check_name
-
-
-class RunStatus(StrEnum):
-    QUEUED = "Queued"
-    STARTING = "Starting"
-    RUNNING = "Running"
-    COMPLETED = "Completed"
-    FAILED = "Failed"
-    STOPPED = "Stopped"
-
-    def is_terminal(self) -> bool:
-        return self in TERMINAL
-
-
-TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED}
-TRANSITIONS = {
-    RunStatus.QUEUED: {RunStatus.STARTING, RunStatus.STOPPED, RunStatus.FAILED},
-    RunStatus.STARTING: {RunStatus.RUNNING, *TERMINAL, RunStatus.STARTING, RunStatus.QUEUED},
-    RunStatus.RUNNING: {RunStatus.STARTING, *TERMINAL},
-    RunStatus.COMPLETED: set(),
-    RunStatus.FAILED: set(),
-    RunStatus.STOPPED: set(),
-}
 
 models = Table(
     "models",
@@ -103,128 +81,6 @@ runs = Table(
     Column("ended_at", DateTime),
     UniqueConstraint("model_id", "attempt"),
 )
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    epochs: int
-    batch_size: int
-    workers: int = 1
-    gpus: int = 0
-    validation_percent: float = 0.0
-    max_restarts: int = 3
-    checkpoint_every: int = 1
-    keep_checkpoints: int = 3
-    priority: int = 0
-    seed: int = 0
-    # [{"id": volume id, "path": where the sandbox sees it}]; read-write, saved back after
-    volumes: tuple[dict[str, Any], ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "volumes": [dict(v) for v in self.volumes]}
-
-    def mounts(self) -> list[tuple[int, str]]:
-        return [(int(v["id"]), str(v["path"])) for v in self.volumes]
-
-
-@dataclass(frozen=True)
-class Model:
-    id: int
-    tenant: str
-    name: str
-    spec_name: str
-    spec_text: str
-    train_dataset_id: int
-    valid_dataset_id: int | None
-    volume_id: int | None
-    options: TrainOptions
-    created_at: dt.datetime
-
-    @property
-    def url(self) -> str:
-        """The model's folder in storage: runs' checkpoints, meta.json, model.pt."""
-        return storage.tenant_url(self.tenant, "models", str(self.id))
-
-
-@dataclass(frozen=True)
-class Run:
-    id: int
-    tenant: str
-    model_id: int
-    attempt: int
-    status: RunStatus
-    priority: int
-    epochs: int
-    resume_epoch: int | None
-    restarts: int
-    max_restarts: int
-    epochs_done: int
-    reason: str | None
-    error: str | None
-    progress: str | None
-    stop_requested: bool
-    placement: list[int] | None
-    history: list[list[str]]
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    started_at: dt.datetime | None
-    ended_at: dt.datetime | None
-
-    @property
-    def launch_key(self) -> str:
-        """Names one launch of one run: a relaunch after a worker died gets a new key."""
-        return f"m{self.model_id}-a{self.attempt}-r{self.restarts}"
-
-
-def _model(tenant: str, row: Any) -> Model:
-    m = row._mapping
-    return Model(
-        m["id"],
-        tenant,
-        m["name"],
-        m["spec_name"],
-        m["spec_text"],
-        m["train_dataset_id"],
-        m["valid_dataset_id"],
-        m["volume_id"],
-        _options(json.loads(m["options"]), m["volume_id"]),
-        m["created_at"],
-    )
-
-
-def _options(raw: dict[str, Any], volume_id: int | None) -> TrainOptions:
-    """A stored model's options; one stored before volumes had paths has its volume at /data."""
-    volumes = raw.pop("volumes", None)
-    if volumes is None and volume_id is not None:
-        volumes = [{"id": volume_id, "path": "/data"}]
-    return TrainOptions(**raw, volumes=tuple(volumes or ()))
-
-
-def _run(tenant: str, row: Any) -> Run:
-    m = row._mapping
-    return Run(
-        m["id"],
-        tenant,
-        m["model_id"],
-        m["attempt"],
-        RunStatus(m["status"]),
-        m["priority"],
-        m["epochs"],
-        m["resume_epoch"],
-        m["restarts"],
-        m["max_restarts"],
-        m["epochs_done"],
-        m["reason"],
-        m["error"],
-        m["progress"],
-        bool(m["stop_requested"]),
-        json.loads(m["placement"]) if m["placement"] else None,
-        json.loads(m["history"]),
-        m["created_at"],
-        m["updated_at"],
-        m["started_at"],
-        m["ended_at"],
-    )
 
 
 def _history_entry(status: RunStatus, note: str = "") -> list[str]:
@@ -341,7 +197,7 @@ def get(store: Store, tenant: str, model_id: int) -> Model:
         ).first()
     if row is None:
         raise NotFound(f"no model {model_id} in tenant {tenant!r}")
-    return _model(tenant, row)
+    return model_of(tenant, row)
 
 
 def list_models(store: Store, tenant: str) -> list[tuple[Model, Run]]:
@@ -356,7 +212,7 @@ def list_models(store: Store, tenant: str) -> list[tuple[Model, Run]]:
             select(runs).where(runs.c.tenant_id == tenant_id).order_by(runs.c.attempt)
         ).all():
             latest[row._mapping["model_id"]] = row
-    return [(_model(tenant, r), _run(tenant, latest[r._mapping["id"]])) for r in found]
+    return [(model_of(tenant, r), run_of(tenant, latest[r._mapping["id"]])) for r in found]
 
 
 def latest_run(store: Store, tenant: str, model_id: int) -> Run:
@@ -367,7 +223,7 @@ def latest_run(store: Store, tenant: str, model_id: int) -> Run:
         ).first()
     if row is None:
         raise NotFound(f"model {model_id} has no runs")
-    return _run(tenant, row)
+    return run_of(tenant, row)
 
 
 def list_runs(store: Store, tenant: str, model_id: int) -> list[Run]:
@@ -376,7 +232,7 @@ def list_runs(store: Store, tenant: str, model_id: int) -> list[Run]:
         rows = conn.execute(
             _runs_of(tenant).where(runs.c.model_id == model_id).order_by(runs.c.attempt)
         ).all()
-    return [_run(tenant, r) for r in rows]
+    return [run_of(tenant, r) for r in rows]
 
 
 def _runs_of(tenant: str) -> Any:
@@ -398,7 +254,7 @@ def get_run(store: Store, run_id: int) -> tuple[Run, Model]:
     if row is None:
         raise NotFound(f"no run {run_id}")
     tenant = row._mapping["tenant_name"]
-    run = _run(tenant, row)
+    run = run_of(tenant, row)
     return run, get(store, tenant, run.model_id)
 
 
@@ -410,7 +266,7 @@ def runs_in(store: Store, statuses: set[RunStatus]) -> list[Run]:
             .where(runs.c.status.in_([s.value for s in statuses]))
             .order_by(runs.c.priority.desc(), runs.c.id)
         ).all()
-    return [_run(r._mapping["tenant_name"], r) for r in rows]
+    return [run_of(r._mapping["tenant_name"], r) for r in rows]
 
 
 def options_of(store: Store, model_ids: list[int]) -> dict[int, TrainOptions]:
@@ -435,7 +291,7 @@ def move(store: Store, run_id: int, to: RunStatus, note: str = "", **values: Any
         row = conn.execute(_runs_with_tenant().where(runs.c.id == run_id)).first()
         if row is None:
             raise NotFound(f"no run {run_id}")
-        current = _run(row._mapping["tenant_name"], row)
+        current = run_of(row._mapping["tenant_name"], row)
         if to not in TRANSITIONS[current.status]:
             raise Conflict(
                 f"model {current.model_id} is {current.status.value}; it cannot become {to.value}"

@@ -25,7 +25,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 from jobs.sandbox import frames
 from jobs.sandbox.entry import BARRIER, exit_text_of
 from jobs.sandbox.policy import Policy, SandboxUnavailable, command
+from jobs.sandbox.procs import empty, rss_of, spawn, tree_pids
 from ncloud.settings import settings
 
 log = logging.getLogger("ncloud.sandbox")
@@ -52,36 +52,6 @@ def new_slot(kind: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)  # bind mounts need no way through: nobody else looks in
     return root / f"{kind}-{uuid.uuid4().hex[:12]}"
-
-
-def tree_pids(pid: int) -> list[int]:
-    """A process and all its live descendants (from /proc; zombies left out)."""
-    found, todo, seen = [], [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo += [
-                    int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()
-                ]
-            if state != "Z":
-                found.append(p)
-    return found
-
-
-def rss_of(pids: list[int]) -> int:
-    """Resident bytes of these processes."""
-    total = 0
-    for p in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
 
 
 class Sandbox:
@@ -121,7 +91,7 @@ class Sandbox:
             args, env = command(policy, argv), {}
         self.started_at = time.monotonic()
         try:
-            self.proc = _spawn(
+            self.proc = spawn(
                 args,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -327,10 +297,10 @@ class Sandbox:
         """Empty what a job could write: the slot's folders and, inside, /tmp."""
         slot = self.policy.slot
         for sub in ["in", "out", *(f"volumes/{i}" for i in range(len(self.policy.volumes)))]:
-            _empty(str(slot / sub))
+            empty(str(slot / sub))
         if not self.policy.single_tenant:
             inner = self._inner_pid()
-            _empty(f"/proc/{inner}/root/tmp")
+            empty(f"/proc/{inner}/root/tmp")
 
     def _inner_pid(self) -> int:
         """A process of ours inside the sandbox's own mount namespace (the entry's, or bwrap's)."""
@@ -387,39 +357,6 @@ class Sandbox:
 def _settle(woken: asyncio.Future[None]) -> None:
     if not woken.done():
         woken.set_result(None)
-
-
-def _empty(path: str) -> None:
-    """Remove everything in a folder but the folder (it may be a mount), following no link."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        for entry in list(os.scandir(fd)):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.name, dir_fd=fd)
-            else:
-                os.unlink(entry.name, dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
-_spawner: ThreadPoolExecutor | None = None
-_spawner_lock = threading.Lock()
-
-
-def _spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """Popen from one thread that lives as long as the process.
-
-    bwrap's --die-with-parent is PR_SET_PDEATHSIG, which fires when the *thread* that
-    started it ends; a sandbox started from a short-lived thread would die with it.
-    """
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = ThreadPoolExecutor(1, thread_name_prefix="ncloud-sandbox-spawner")
-    proc: subprocess.Popen[bytes] = _spawner.submit(
-        lambda: subprocess.Popen(args, **kwargs)
-    ).result()
-    return proc
 
 
 def self_test(timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:

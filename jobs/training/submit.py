@@ -19,6 +19,7 @@ from jobs.datasets.state import DatasetStatus
 from jobs.datasets.transforms import build_transform
 from jobs.models import checkpoints, specs
 from jobs.models import state as models
+from jobs.models.options import TrainOptions
 from jobs.sandbox.check import check_spec
 from jobs.sandbox.policy import DEFAULT_DATA, check_mounts
 from jobs.training import queue
@@ -114,7 +115,7 @@ def submit(store: Store, tenant: str, s: Submission) -> tuple[models.Model, mode
     shape = dataset_shape(train, spec.transform)
     if shape is not None:
         check_spec(spec, shape[0], shape[1], t.id)
-    options = models.TrainOptions(
+    options = TrainOptions(
         epochs=epochs,
         batch_size=batch,
         workers=s.workers,

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from cluster.core import accounts
 from jobs.models import deployments
 from jobs.models import state as models
-from jobs.models.state import TrainOptions
+from jobs.models.options import TrainOptions
 from ncloud.errors import InvalidInput, NotFound, Unauthenticated
 from serve.deployments import requests as model_requests
 from serve.deployments.requests import AuthCache, authorize, query, relative_path

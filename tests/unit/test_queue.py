@@ -11,7 +11,8 @@ from cluster.control import schema
 from cluster.core import accounts
 from jobs.models import metrics
 from jobs.models import state as models
-from jobs.models.state import RunStatus, TrainOptions
+from jobs.models.options import TrainOptions
+from jobs.models.state import RunStatus
 from jobs.training.queue import Request, admit, check_request
 from ncloud.errors import Conflict, NotFound, QuotaExceeded
 

@@ -142,8 +142,8 @@ def model(num_classes, input_shape):
 def test_a_recycled_sandbox_keeps_nothing_of_the_last_job_and_one_tenant_only() -> None:
     from jobs.models.specs import parse_spec
     from jobs.sandbox.check import _factory
-    from jobs.sandbox.launch import tree_pids
     from jobs.sandbox.pool import WarmPool
+    from jobs.sandbox.procs import tree_pids
 
     spec = parse_spec("traces.py", LEAVES_TRACES)
     pool = WarmPool(_factory, keep=1)

@@ -15,7 +15,8 @@ from jobs.datasets.state import DatasetStatus
 from jobs.models import deployments
 from jobs.models import state as models
 from jobs.models.deployments import DeploymentStatus
-from jobs.models.state import RunStatus, TrainOptions
+from jobs.models.options import TrainOptions
+from jobs.models.state import RunStatus
 from ncloud.errors import Conflict, NotFound
 
 
