@@ -20,13 +20,13 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from jobs.datasets.cache import ensure_local, evict
+from jobs.datasets.pump import drain, pump
 from jobs.datasets.shards import ITEM_BYTES, read_index, shard_url
 from jobs.datasets.transforms import ImageTransform, build_transform
 from ncloud.errors import Conflict, InvalidInput, NotFound
 
 Piece = tuple[int, int, int]  # (shard number in the index, first row, end row)
 NP_DTYPES = {"uint8": np.uint8, "utf8": np.uint8, "int16": np.int16, "float32": np.float32}
-_END = object()
 THREAD_PREFIX = "ncloud-loader-"  # the names of an iteration's two threads
 
 
@@ -112,49 +112,6 @@ def _labels(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def _pump(items: Iterator[Any], out: queue.Queue[Any], stop: threading.Event) -> None:
-    """Run in a thread: move items into a bounded queue, then an end mark or the failure."""
-    try:
-        for item in items:
-            if not _put(out, item, stop):
-                return
-        _put(out, _END, stop)
-    except BaseException as exc:  # handed to the consumer, which raises it
-        _put(out, _Failure(exc), stop)
-    finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
-
-
-def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _drain(q: queue.Queue[Any], stop: threading.Event) -> Iterator[Any]:
-    while not stop.is_set():
-        try:
-            item = q.get(timeout=0.1)
-        except queue.Empty:
-            continue
-        if item is _END:
-            return
-        if isinstance(item, _Failure):
-            raise item.exc
-        yield item
-
-
 class ShardLoader:
     """Batches (x, y) of one rank's disjoint, equal share of an ingested dataset.
 
@@ -227,14 +184,14 @@ class ShardLoader:
         epoch = self.epoch
         threads = [
             threading.Thread(
-                target=_pump,
+                target=pump,
                 args=(self._raw_batches(epoch), raw, stop),
                 name=f"{THREAD_PREFIX}read",
                 daemon=True,
             ),
             threading.Thread(
-                target=_pump,
-                args=(self._transformed(_drain(raw, stop), epoch), done, stop),
+                target=pump,
+                args=(self._transformed(drain(raw, stop), epoch), done, stop),
                 name=f"{THREAD_PREFIX}transform",
                 daemon=True,
             ),
@@ -242,7 +199,7 @@ class ShardLoader:
         for t in threads:
             t.start()
         try:
-            yield from _drain(done, stop)
+            yield from drain(done, stop)
         finally:
             stop.set()
             for t in threads:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cluster.core import storage
-from jobs.datasets.elements import decode_audio, decode_features, decode_image, decode_text
+from jobs.datasets.decoders import decode_audio, decode_features, decode_image, decode_text
 from jobs.datasets.transforms import build_transform
 from jobs.models import checkpoints, specs
 from jobs.sandbox.network import SandboxedNetwork

@@ -18,6 +18,7 @@ from jobs.models import specs
 from jobs.sandbox import frames
 from jobs.sandbox.entry import Channel
 from jobs.training import trainer
+from jobs.training.config import TrainConfig, progress_line
 from ncloud.errors import InvalidInput, NcloudError
 
 TAIL_LINES = 30
@@ -52,7 +53,7 @@ def train(args: dict[str, Any], channel: Channel) -> None:
 
     reporter = _PipeReporter(channel)
     try:
-        cfg = trainer.TrainConfig(**args["cfg"])
+        cfg = TrainConfig(**args["cfg"])
         collective = PipeCollective(channel, cfg.world_size) if cfg.world_size > 1 else None
         channel.send({"kind": "started"})
         result = trainer.train(cfg, reporter, lambda: channel.stop_asked, collective)
@@ -64,7 +65,7 @@ def train(args: dict[str, Any], channel: Channel) -> None:
 
 
 class _PipeReporter:
-    """jobs.training.trainer.Reporter that forwards everything to the trusted side."""
+    """jobs.training.config.Reporter that forwards everything to the trusted side."""
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
@@ -73,7 +74,7 @@ class _PipeReporter:
         self.channel.send({"kind": "log", "line": line})
 
     def progress(self, epoch: int, batch: int, batches: int, cost: float, elapsed_s: float) -> None:
-        line = trainer.progress_line(epoch, batch, batches, cost, elapsed_s)
+        line = progress_line(epoch, batch, batches, cost, elapsed_s)
         self.channel.send({"kind": "progress", "line": line})
 
     def epoch(self, metrics: dict[str, Any]) -> None:

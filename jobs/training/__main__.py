@@ -22,7 +22,8 @@ import torch
 
 from jobs.datasets.linked import ensure_cached
 from jobs.models.specs import parse_spec
-from jobs.training.trainer import TrainConfig, progress_line, train
+from jobs.training.config import TrainConfig, progress_line
+from jobs.training.trainer import train
 from ncloud.errors import InvalidInput, NcloudError
 from ncloud.settings import settings
 

@@ -20,7 +20,8 @@ from examples.digits import make_digits
 from jobs.datasets.ingest import ingest_local
 from jobs.models import checkpoints
 from jobs.training.__main__ import main
-from jobs.training.trainer import TrainConfig, progress_line, train
+from jobs.training.config import TrainConfig, progress_line
+from jobs.training.trainer import train
 from ncloud.errors import InvalidInput
 from ncloud.manifest import read_manifest
 
