@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 
 import ncloud
-from cluster.core import accounts
+from cluster.core import accounts, tokens
 from ncloud.errors import InvalidInput, NotFound
 from ncloud.settings import settings
 from ncloud.validation import check_name, parse_size
@@ -155,7 +155,7 @@ def delete_user(email: str, c: Caller = Depends(caller)) -> dict[str, Any]:
 
 @router.post("/tokens", status_code=201)
 def create_token(body: TokenIn, c: Caller = Depends(caller)) -> dict[str, Any]:
-    token = accounts.create_token(store(), c.user, body.name)
+    token = tokens.create_token(store(), c.user, body.name)
     return {"id": token.split("_")[1], "name": body.name, "token": token}
 
 
@@ -169,13 +169,13 @@ def list_tokens(c: Caller = Depends(caller)) -> list[dict[str, Any]]:
             "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
             "revoked": t.revoked_at is not None,
         }
-        for t in accounts.list_tokens(store(), c.user)
+        for t in tokens.list_tokens(store(), c.user)
     ]
 
 
 @router.delete("/tokens/{token_id}")
 def revoke_token(token_id: str, c: Caller = Depends(caller)) -> dict[str, Any]:
-    accounts.revoke_token(store(), c.user, token_id)
+    tokens.revoke_token(store(), c.user, token_id)
     return {"id": token_id, "revoked": True}
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from cluster.core import accounts
+from cluster.core import accounts, tokens
 from cluster.core.store import Store
 from ncloud.errors import Forbidden, InvalidInput, Unauthenticated
 from ncloud.protocol import TENANT_HEADER
@@ -43,6 +43,6 @@ def identify(request: Request, store: Store) -> Caller:
         raise Unauthenticated("no token: send 'Authorization: Bearer <token>' (ncloud configure)")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-    user = accounts.authenticate(store, token.strip())
+    user = tokens.authenticate(store, token.strip())
     tenant = request.headers.get(TENANT_HEADER) or None
     return Caller(user, tenant)

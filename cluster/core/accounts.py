@@ -1,14 +1,10 @@
-"""Tenants, users, memberships and access tokens: the tables and the only code that writes them.
-
-Tokens look like ``nc_<id>_<secret>``: the id finds the row, the secret's SHA-256 is
-compared in constant time, and only the hash is ever stored.
-"""
+"""Tenants, users, memberships and access tokens: the tables and the code that writes them
+(a token's own life, after the first one a user gets here, is cluster.core.tokens')."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import hmac
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cluster.core.reservations import Resources, bundles_for
 from cluster.core.store import Store, metadata, utcnow
-from ncloud.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from ncloud.errors import Conflict, InvalidInput, NotFound
 from ncloud.validation import check_email, check_name, check_resources
 
 tenants = Table(
@@ -111,16 +107,7 @@ class User:
     tenants: tuple[str, ...] = field(default=())
 
 
-@dataclass(frozen=True)
-class TokenInfo:
-    id: str
-    name: str
-    created_at: dt.datetime
-    last_used_at: dt.datetime | None
-    revoked_at: dt.datetime | None
-
-
-def _hash(secret: str) -> str:
+def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -238,7 +225,7 @@ def _user_tenants(conn: Connection, user_id: int) -> tuple[str, ...]:
     return tuple(rows)
 
 
-def _user(conn: Connection, row: object) -> User:
+def user_of(conn: Connection, row: object) -> User:
     m = row._mapping  # type: ignore[attr-defined]
     return User(
         m["id"], m["email"], bool(m["is_admin"]), m["created_at"], _user_tenants(conn, m["id"])
@@ -261,7 +248,7 @@ def create_user(
             user_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
             for tenant_id in ids:
                 conn.execute(insert(memberships).values(user_id=user_id, tenant_id=tenant_id))
-            token = _insert_token(conn, user_id, "default")
+            token = insert_token(conn, user_id, "default")
     except IntegrityError as exc:
         raise Conflict(f"user {email!r} exists already") from exc
     return get_user(store, email), token
@@ -272,7 +259,7 @@ def get_user(store: Store, email: str) -> User:
         row = conn.execute(select(users).where(users.c.email == email.lower())).first()
         if row is None:
             raise NotFound(f"no user {email!r}")
-        return _user(conn, row)
+        return user_of(conn, row)
 
 
 def list_users(store: Store, tenant: str | None = None) -> list[User]:
@@ -284,7 +271,7 @@ def list_users(store: Store, tenant: str | None = None) -> list[User]:
                 .join(tenants, tenants.c.id == memberships.c.tenant_id)
                 .where(tenants.c.name == tenant)
             )
-        return [_user(conn, r) for r in conn.execute(query).all()]
+        return [user_of(conn, r) for r in conn.execute(query).all()]
 
 
 def modify_user(
@@ -336,7 +323,7 @@ def ensure_admin(store: Store, email: str = "admin@ncloud.local") -> str | None:
 # -- tokens ----------------------------------------------------------------------------------
 
 
-def _insert_token(conn: Connection, user_id: int, name: str) -> str:
+def insert_token(conn: Connection, user_id: int, name: str) -> str:
     check_name(name, "token name")
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
@@ -345,60 +332,8 @@ def _insert_token(conn: Connection, user_id: int, name: str) -> str:
             id=token_id,
             user_id=user_id,
             name=name,
-            secret_hash=_hash(secret),
+            secret_hash=hash_secret(secret),
             created_at=utcnow(),
         )
     )
     return f"nc_{token_id}_{secret}"
-
-
-def create_token(store: Store, user: User, name: str) -> str:
-    with store.write() as conn:
-        return _insert_token(conn, user.id, name)
-
-
-def list_tokens(store: Store, user: User) -> list[TokenInfo]:
-    with store.read() as conn:
-        rows = conn.execute(
-            select(tokens).where(tokens.c.user_id == user.id).order_by(tokens.c.created_at)
-        ).all()
-    return [TokenInfo(r.id, r.name, r.created_at, r.last_used_at, r.revoked_at) for r in rows]
-
-
-def revoke_token(store: Store, user: User, token_id: str) -> None:
-    with store.write() as conn:
-        done = conn.execute(
-            update(tokens)
-            .where((tokens.c.id == token_id) & (tokens.c.user_id == user.id))
-            .where(tokens.c.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
-    if done.rowcount == 0:
-        raise NotFound(f"no active token {token_id!r} of yours")
-
-
-def authenticate(store: Store, token: str) -> User:
-    """The user a bearer token belongs to; Unauthenticated for anything else."""
-    parts = token.split("_", 2) if token.startswith("nc_") else []
-    if len(parts) != 3:
-        raise Unauthenticated(
-            "that token is not an ncloud token: create one with `ncloud token create`"
-        )
-    _, token_id, secret = parts
-    with store.read() as conn:
-        row = conn.execute(select(tokens).where(tokens.c.id == token_id)).first()
-    # Compare a hash even when the row is missing so timing says nothing about which ids exist.
-    expected = row.secret_hash if row is not None else _hash("")
-    if not hmac.compare_digest(expected, _hash(secret)) or row is None:
-        raise Unauthenticated("invalid token")
-    if row.revoked_at is not None:
-        raise Unauthenticated("this token was revoked: create a new one with `ncloud token create`")
-    now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at > dt.timedelta(minutes=1):
-        with store.write() as conn:
-            conn.execute(update(tokens).where(tokens.c.id == token_id).values(last_used_at=now))
-    with store.read() as conn:
-        user_row = conn.execute(select(users).where(users.c.id == row.user_id)).first()
-        if user_row is None:
-            raise Unauthenticated("invalid token")
-        return _user(conn, user_row)

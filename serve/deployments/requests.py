@@ -13,7 +13,7 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from cluster.core import accounts
+from cluster.core import tokens
 from jobs.models import deployments
 from jobs.models.predictor import DEFAULT_K
 from ncloud.errors import InvalidInput, NotFound, Unauthenticated
@@ -66,7 +66,7 @@ def authorize(store: Any, tenant: str | None, model_id: int | str, request: Requ
             raise Unauthenticated("invalid or revoked deployment token")
         deployments.check_token(store, int(model_id), token)
         return tenant
-    user = accounts.authenticate(store, token)
+    user = tokens.authenticate(store, token)
     if tenant is None or (tenant not in user.tenants and not user.is_admin):
         raise NotFound(f"no model {model_id}")
     return tenant

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, select
 
-from cluster.core import accounts
+from cluster.core import accounts, tokens
 from cluster.core.store import Store
 from ncloud.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 
@@ -58,28 +58,28 @@ def test_users_tokens_are_hashed_and_revocable(store: Store) -> None:
     with store.read() as conn:
         stored = conn.execute(select(accounts.tokens.c.secret_hash)).scalars().all()
     assert all(token.split("_", 2)[2] not in h for h in stored)  # only hashes are stored
-    assert accounts.authenticate(store, token).email == "ada@example.com"
-    second = accounts.create_token(store, user, "laptop")
+    assert tokens.authenticate(store, token).email == "ada@example.com"
+    second = tokens.create_token(store, user, "laptop")
     token_id = second.split("_")[1]
-    accounts.revoke_token(store, user, token_id)
+    tokens.revoke_token(store, user, token_id)
     with pytest.raises(Unauthenticated, match="revoked"):
-        accounts.authenticate(store, second)
-    assert accounts.authenticate(store, token).email == "ada@example.com"
+        tokens.authenticate(store, second)
+    assert tokens.authenticate(store, token).email == "ada@example.com"
     with pytest.raises(NotFound):
-        accounts.revoke_token(store, user, token_id)
+        tokens.revoke_token(store, user, token_id)
 
 
 @pytest.mark.parametrize("bad", ["", "garbage", "nc_", "nc_deadbeef_wrong", "Bearer x"])
 def test_wrong_tokens_are_refused(store: Store, bad: str) -> None:
     accounts.create_user(store, "root@example.com", [], is_admin=True)
     with pytest.raises(Unauthenticated):
-        accounts.authenticate(store, bad)
+        tokens.authenticate(store, bad)
 
 
 def test_right_id_wrong_secret_is_refused(store: Store) -> None:
     _, token = accounts.create_user(store, "root@example.com", [], is_admin=True)
     with pytest.raises(Unauthenticated, match="invalid"):
-        accounts.authenticate(store, token[:-4] + "AAAA")
+        tokens.authenticate(store, token[:-4] + "AAAA")
 
 
 def test_users_need_a_tenant_and_unique_emails(store: Store) -> None:
@@ -101,5 +101,5 @@ def test_users_need_a_tenant_and_unique_emails(store: Store) -> None:
 
 def test_first_admin_is_created_once(store: Store) -> None:
     token = accounts.ensure_admin(store)
-    assert token is not None and accounts.authenticate(store, token).is_admin
+    assert token is not None and tokens.authenticate(store, token).is_admin
     assert accounts.ensure_admin(store) is None
