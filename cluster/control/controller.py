@@ -1,10 +1,12 @@
 """The controller: one detached Ray actor on the head node that owns every reservation.
 
-It is the only writer of tenants' resources, so a fit check and the placement group it
-guards happen one request at a time. On every (re)start it reconciles Ray with the
-store: missing placement groups are recreated, stray ones removed. Methods return
-``{"ok": ...}`` or ``{"error": code, "message": ...}`` so a domain error crosses the
-actor boundary intact.
+It is the only writer of tenants' resources. Ray runs up to 8 of its calls at once (a
+slow deploy must not hold up a stop), so tenant operations (create, resize, delete) take
+one lock: a fit check and the placement group it guards happen one tenant operation at a
+time, and a second create cannot pass a check the first is about to invalidate. On every
+(re)start it reconciles Ray with the store: missing placement groups are recreated, stray
+ones removed. Methods return ``{"ok": ...}`` or ``{"error": code, "message": ...}`` so a
+domain error crosses the actor boundary intact.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from ncloud.settings import settings
 log = logging.getLogger("ncloud.controller")
 
 
+def _one_at_a_time(lock: threading.Lock, fn: Callable[[], Any]) -> Callable[[], Any]:
+    def locked() -> Any:
+        with lock:
+            return fn()
+
+    return locked
+
+
 def _reply(fn: Callable[[], Any]) -> dict[str, Any]:
     try:
         return {"ok": fn()}
@@ -38,6 +48,7 @@ class Controller:
         logging.basicConfig(level=logging.INFO)
         self.store = open_store(db_url)
         self.ingests: dict[int, threading.Thread] = {}
+        self.tenant_lock = threading.Lock()  # create, resize, delete: one at a time
         self.reconciled = self.reconcile()
         self.resumed = self._resume_ingests()
         from jobs.training.scheduler import Scheduler
@@ -197,7 +208,7 @@ class Controller:
             self._warm(name)
             return self._describe(tenant)
 
-        return _reply(run)
+        return _reply(_one_at_a_time(self.tenant_lock, run))
 
     def _warm(self, name: str) -> None:
         if settings().warm_workers:
@@ -232,7 +243,7 @@ class Controller:
             self._warm(name)
             return self._describe(new)
 
-        return _reply(run)
+        return _reply(_one_at_a_time(self.tenant_lock, run))
 
     def delete_tenant(self, name: str, force: bool) -> dict[str, Any]:
         def run() -> dict[str, Any]:
@@ -250,7 +261,7 @@ class Controller:
             storage.remove_tree(storage.tenant_url(name))
             return {"name": tenant.name, "removed": True}
 
-        return _reply(run)
+        return _reply(_one_at_a_time(self.tenant_lock, run))
 
     def describe_tenant(self, name: str) -> dict[str, Any]:
         return _reply(lambda: self._describe(accounts.get_tenant(self.store, name)))
