@@ -5,11 +5,22 @@ without loading the trainer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from ncloud.errors import InvalidInput
 
 BAR_WIDTH = 10
+
+
+class Outcome(StrEnum):
+    """How one worker's launch ended, as the worker tells the scheduler."""
+
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    FAILED = "failed"  # the tenant's doing (its code, its data): the run fails
+    CRASHED = "crashed"  # the platform's (a worker or node lost): the run restarts
+    RUNNING = "running"  # not ended yet (an answer to `wait` with a timeout)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from jobs.models import state as models
 from jobs.models.deployments import DeploymentStatus
 from jobs.models.state import RunStatus
 from jobs.training import queue
+from jobs.training.config import Outcome
 from jobs.training.worker import TrainWorker
 from ncloud.errors import Conflict, NcloudError
 
@@ -99,12 +100,12 @@ class Scheduler:
             found = ray.get(ref, timeout=10)
             return dict(found)
         except Exception as exc:  # the worker actor itself died (SIGKILL, node lost)
-            return {"outcome": "crashed", "error": f"the worker died ({type(exc).__name__})"}
+            return {"outcome": Outcome.CRASHED, "error": f"the worker died ({type(exc).__name__})"}
 
     def _settle(self, active: Active) -> None:
         """Decide a run's fate once a worker ended: wait for the rest, end it, or restart it."""
         outcomes = {r["outcome"] for r in active.results.values()}
-        if active.refs and outcomes <= {"completed", "stopped"}:
+        if active.refs and outcomes <= {Outcome.COMPLETED, Outcome.STOPPED}:
             return  # the others are finishing too
         if active.refs:  # one worker failed or died: end the others before deciding
             if not active.stopping:
@@ -118,8 +119,8 @@ class Scheduler:
             actor.stop.remote(active.key, 0.0)
         run, _ = models.get_run(self.store, active.run_id)
         results = [active.results[r] for r in sorted(active.results)]
-        failed = [r for r in results if r["outcome"] == "failed"]
-        crashed = [r for r in results if r["outcome"] == "crashed"]
+        failed = [r for r in results if r["outcome"] == Outcome.FAILED]
+        crashed = [r for r in results if r["outcome"] == Outcome.CRASHED]
         done = int(results[0].get("epochs_done", run.epochs_done) or run.epochs_done)
         if failed:
             self._end(run, RunStatus.FAILED, failed[0].get("error"))
@@ -127,7 +128,7 @@ class Scheduler:
             self._end(run, RunStatus.STOPPED, None, epochs_done=max(done, run.epochs_done))
         elif crashed:
             self._restart(run, crashed[0].get("error") or "a worker died")
-        elif results[0]["outcome"] == "stopped":
+        elif results[0]["outcome"] == Outcome.STOPPED:
             self._end(run, RunStatus.STOPPED, None, epochs_done=done)
         else:
             self._end(run, RunStatus.COMPLETED, None, epochs_done=done)
@@ -265,7 +266,7 @@ class Scheduler:
             for b in placement:
                 self.pool.pop((tenant.placement_group, b), None)
             lost = Active(run.id, run.launch_key, [])
-            lost.results[0] = {"outcome": "crashed", "error": f"could not launch: {exc!r}"}
+            lost.results[0] = {"outcome": Outcome.CRASHED, "error": f"could not launch: {exc!r}"}
             self.active[run.id] = lost
 
     def _config(self, run: models.Run, model: models.Model, resume: bool) -> dict[str, Any]:
@@ -339,7 +340,7 @@ class Scheduler:
                     active.refs[actor.wait.remote(run.launch_key)] = rank
                 attached.append(run.id)
             else:
-                active.results[0] = {"outcome": "crashed", "error": "its workers were lost"}
+                active.results[0] = {"outcome": Outcome.CRASHED, "error": "its workers were lost"}
                 lost.append(run.id)
             self.active[run.id] = active
         log.info("recovered runs: attached %s, lost %s", attached, lost)

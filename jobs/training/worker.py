@@ -33,6 +33,7 @@ from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.policy import DEFAULT_DATA, Limits, Policy
 from jobs.sandbox.pool import WarmPool
 from jobs.training import group as process_group
+from jobs.training.config import Outcome
 from jobs.volumes import sync as volume_sync
 from ncloud.errors import InvalidInput, NcloudError
 from ncloud.settings import settings
@@ -125,10 +126,13 @@ class TrainWorker:
         """The outcome of a launch, once it has ended; `unknown` if this worker never saw it."""
         launch = self.launches.get(key)
         if launch is None:
-            return {"outcome": "crashed", "error": "the worker lost this launch (it restarted)"}
+            return {
+                "outcome": Outcome.CRASHED,
+                "error": "the worker lost this launch (it restarted)",
+            }
         if not launch.done.wait(timeout_s):
-            return {"outcome": "running"}
-        return dict(launch.result or {"outcome": "crashed", "error": "no result"})
+            return {"outcome": Outcome.RUNNING}
+        return dict(launch.result or {"outcome": Outcome.CRASHED, "error": "no result"})
 
     def stop(self, key: str, grace_s: float) -> bool:
         """Ask the sandbox to checkpoint and end; kill it after the grace period."""
@@ -136,7 +140,7 @@ class TrainWorker:
             launch = self.launches.get(key)
             if launch is None:  # the stop overtook the launch: it must never start
                 launch = self.launches[key] = Launch(key, -1, -1, stop_asked=True)
-                launch.result = {"outcome": "stopped", "epochs_done": 0}
+                launch.result = {"outcome": Outcome.STOPPED, "epochs_done": 0}
                 launch.done.set()
         if launch.done.is_set():
             return False
@@ -177,7 +181,11 @@ class TrainWorker:
                     volume_sync.pull(self.store, run.tenant, volume_id, policy.volume_dir(i))
                 )
             launch.result = self._sandboxed(launch, box, inside, relay, mirror, tenant_id)
-            ended = launch.result.get("outcome") in ("completed", "stopped", "failed")
+            ended = launch.result.get("outcome") in (
+                Outcome.COMPLETED,
+                Outcome.STOPPED,
+                Outcome.FAILED,
+            )
             if ended:
                 mirror.sync(final=True)
             for i, (volume_id, path) in enumerate(mounts if launch.rank == 0 and ended else []):
@@ -186,10 +194,10 @@ class TrainWorker:
                 )
                 relay.line(f"saved {n} file(s) from {path} back to volume {volume_id}")
         except NcloudError as exc:
-            launch.result = {"outcome": "failed", "error": exc.message}
+            launch.result = {"outcome": Outcome.FAILED, "error": exc.message}
         except Exception as exc:  # storage or store trouble: the platform's, so retry it
             log.exception("launch %s failed", launch.key)
-            launch.result = {"outcome": "crashed", "error": f"{type(exc).__name__}: {exc}"}
+            launch.result = {"outcome": Outcome.CRASHED, "error": f"{type(exc).__name__}: {exc}"}
         finally:
             if box is not None:  # recycled for the tenant's next run, or thrown away
                 self._give_back(box, tenant_id, [path for _, path in mounts])
@@ -224,7 +232,7 @@ class TrainWorker:
                     stopped=lambda: launch.stop_asked,
                 )
             except process_group.Stopped:  # before the others came: nothing ran
-                return {"outcome": "stopped"}
+                return {"outcome": Outcome.STOPPED}
         try:
             box.begin({"cfg": cfg}, tenant_id)
             if launch.stop_asked:
@@ -249,20 +257,23 @@ class TrainWorker:
                 relay.flush()
         except (frames.FrameError, InvalidInput) as exc:  # the tenant's code broke the protocol
             box.kill()
-            outcome = {"outcome": "failed", "error": f"the run's sandbox misbehaved: {exc}"}
+            outcome = {"outcome": Outcome.FAILED, "error": f"the run's sandbox misbehaved: {exc}"}
         finally:
             watch.stop()
         box.join(30)
         over_memory = watch.over
         if over_memory:
             return {
-                "outcome": "failed",
+                "outcome": Outcome.FAILED,
                 "error": f"out of memory: the worker used {format_size(over_memory)}, over its "
                 f"{format_size(self.memory_limit)} share of the tenant's memory",
             }
         if outcome is not None:
             return outcome
-        return {"outcome": "crashed", "error": f"the training process died ({box.exit_text()})"}
+        return {
+            "outcome": Outcome.CRASHED,
+            "error": f"the training process died ({box.exit_text()})",
+        }
 
     def _event(
         self,
@@ -280,7 +291,7 @@ class TrainWorker:
         elif kind == "done":
             return _outcome(header.get("result"))
         elif kind == "error":
-            return {"outcome": "failed", "error": str(header.get("error"))[:8000]}
+            return {"outcome": Outcome.FAILED, "error": str(header.get("error"))[:8000]}
         else:
             relay.event(str(kind), header, box.pid())
             if kind == "checkpoint":  # mirrored as soon as the run reports it
@@ -319,10 +330,10 @@ def _outcome(raw: Any) -> dict[str, Any]:
     result = raw if isinstance(raw, dict) else {}
     status = result.get("status")
     done = result.get("epochs_done")
-    if status not in ("completed", "stopped") or type(done) is not int or done < 0:
-        return {"outcome": "failed", "error": "the run ended without a valid result"}
+    if status not in (Outcome.COMPLETED, Outcome.STOPPED) or type(done) is not int or done < 0:
+        return {"outcome": Outcome.FAILED, "error": "the run ended without a valid result"}
     return {
-        "outcome": status,
+        "outcome": Outcome(status),
         "status": status,
         "epochs_done": done,
         "metrics": _metrics(result.get("metrics")),
