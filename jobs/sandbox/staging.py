@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from jobs.datasets.shards import read_index, shard_url
 from jobs.models import checkpoints
 from jobs.sandbox import outputs
 from jobs.sandbox.policy import Policy
+from jobs.training.config import TrainConfig
 from ncloud.errors import InvalidInput
 
 CHECKPOINT = re.compile(r"ckpt-\d{4,9}\.(pt|json)")
@@ -63,30 +65,37 @@ def stage_checkpoints(run_url: str, target: Path) -> None:
                     out.write(chunk)
 
 
-def sandbox_config(policy: Policy, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Stage what cfg names into the policy's slot; the TrainConfig the sandbox sees."""
-    cache_dir = Path(cfg["cache_dir"])
-    inside: dict[str, Any] = {**cfg, "cache_dir": None, "dist_url": None}
-    for role in ("train", "valid"):
-        url = cfg.get(f"{role}_url")
+def sandbox_config(policy: Policy, cfg: TrainConfig) -> TrainConfig:
+    """Stage what cfg names into the policy's slot; the config the sandbox sees (its own
+    paths, no cache and no process group: the trusted side holds those)."""
+    cache_dir = Path(str(cfg.cache_dir))
+    urls: dict[str, str | None] = {}
+    for role, url in (("train", cfg.train_url), ("valid", cfg.valid_url)):
+        urls[role] = url
         if url:
             stage_dataset(url, cache_dir, policy.slot / "in" / role)
-            inside[f"{role}_url"] = policy.inside(policy.slot / "in" / role)
+            urls[role] = policy.inside(policy.slot / "in" / role)
     run_dir = policy.slot / "out" / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("run_url") and (cfg.get("resume") or cfg.get("resume_epoch") is not None):
-        stage_checkpoints(cfg["run_url"], run_dir)
-    inside["run_url"] = policy.inside(run_dir) if cfg.get("run_url") else ""
-    return inside
+    if cfg.run_url and (cfg.resume or cfg.resume_epoch is not None):
+        stage_checkpoints(cfg.run_url, run_dir)
+    return replace(
+        cfg,
+        train_url=urls["train"] or "",
+        valid_url=urls["valid"],
+        run_url=policy.inside(run_dir) if cfg.run_url else "",
+        cache_dir=None,
+        dist_url=None,
+    )
 
 
-def expected_meta(cfg: dict[str, Any]) -> dict[str, Any]:
+def expected_meta(cfg: TrainConfig) -> dict[str, Any]:
     """What the trusted side knows of a run's meta.json before the run writes it."""
     from jobs.models.specs import parse_spec
     from jobs.training.data import num_classes
 
-    index = read_index(cfg["train_url"])
-    spec = parse_spec(cfg["spec_name"], cfg["spec_text"])
+    index = read_index(cfg.train_url)
+    spec = parse_spec(cfg.spec_name, cfg.spec_text)
     return {
         "spec": spec.name,
         "num_classes": num_classes(index),

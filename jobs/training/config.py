@@ -87,3 +87,14 @@ def check(cfg: TrainConfig, collective_given: bool) -> None:
         raise InvalidInput("give a validation dataset or a validation_percent, not both")
     if (cfg.resume or cfg.resume_epoch is not None) and not cfg.run_url:
         raise InvalidInput("resuming needs the run_url that holds the checkpoints")
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What the scheduler hands a worker for one rank: the rank's config, plus the S3 links
+    of linked datasets, which the worker ingests into its node's cache (then `train_url` /
+    `valid_url` name the cached copy)."""
+
+    cfg: TrainConfig
+    train_link: str | None = None
+    valid_link: str | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -30,7 +30,7 @@ from jobs.models import state as models
 from jobs.models.deployments import DeploymentStatus
 from jobs.models.state import RunStatus
 from jobs.training import queue
-from jobs.training.config import Outcome
+from jobs.training.config import Outcome, TrainConfig, WorkerJob
 from jobs.training.worker import TrainWorker
 from ncloud.errors import Conflict, NcloudError
 
@@ -244,21 +244,22 @@ class Scheduler:
         tenant = accounts.get_tenant(self.store, run.tenant)
         bundles = tenant.bundles
         try:
-            cfg = self._config(run, model, resume)
+            job = self._config(run, model, resume)
             actors = [self._worker(tenant, b, bundles[b]) for b in placement]
             dist_url = None
             if len(actors) > 1:
                 dist_url = ray.get(actors[0].rendezvous.remote(), timeout=120)
             active = Active(run.id, run.launch_key, actors)
             for rank, (actor, b) in enumerate(zip(actors, placement, strict=True)):
-                worker_cfg = {
-                    **cfg,
-                    "rank": rank,
-                    "world_size": len(actors),
-                    "dist_url": dist_url,
-                    "threads": max(int(bundles[b].get("CPU", 1)), 1),
-                }
-                active.refs[actor.run.remote(run.launch_key, run.id, rank, worker_cfg)] = rank
+                rank_cfg = replace(
+                    job.cfg,
+                    rank=rank,
+                    world_size=len(actors),
+                    dist_url=dist_url,
+                    threads=max(int(bundles[b].get("CPU", 1)), 1),
+                )
+                ref = actor.run.remote(run.launch_key, run.id, rank, replace(job, cfg=rank_cfg))
+                active.refs[ref] = rank
             self.active[run.id] = active
         except NcloudError as exc:
             self._end(run, RunStatus.FAILED, exc.message)
@@ -269,36 +270,40 @@ class Scheduler:
             lost.results[0] = {"outcome": Outcome.CRASHED, "error": f"could not launch: {exc!r}"}
             self.active[run.id] = lost
 
-    def _config(self, run: models.Run, model: models.Model, resume: bool) -> dict[str, Any]:
-        """What jobs.training.trainer.TrainConfig needs (linked datasets: on the worker)."""
+    def _config(self, run: models.Run, model: models.Model, resume: bool) -> WorkerJob:
+        """The run's config for rank 0 of 1 (linked datasets: resolved on the worker)."""
         o = model.options
-        cfg: dict[str, Any] = {
-            "spec_name": model.spec_name,
-            "spec_text": model.spec_text,
-            "validation_percent": o.validation_percent,
-            "epochs": run.epochs,
-            "batch_size": o.batch_size,
-            "run_url": model.url,
-            "checkpoint_every": o.checkpoint_every,
-            "keep_checkpoints": o.keep_checkpoints,
-            "resume": resume,
-            "resume_epoch": run.resume_epoch if run.restarts == 0 else None,
-            "gpus": o.gpus,
-            "seed": o.seed,
-        }
+        urls: dict[str, str | None] = {}
+        links: dict[str, str | None] = {}
         for role, dataset_id in (
             ("train", model.train_dataset_id),
             ("valid", model.valid_dataset_id),
         ):
-            cfg[f"{role}_url"] = None
+            urls[role] = links[role] = None
             if dataset_id is None:
                 continue
             ds = datasets.get(self.store, run.tenant, dataset_id)
             if ds.source == "link" and ds.link_url:
-                cfg[f"{role}_link"] = ds.link_url
+                links[role] = ds.link_url
             else:
-                cfg[f"{role}_url"] = ds.url
-        return cfg
+                urls[role] = ds.url
+        cfg = TrainConfig(
+            spec_name=model.spec_name,
+            spec_text=model.spec_text,
+            train_url=urls["train"] or "",
+            valid_url=urls["valid"],
+            validation_percent=o.validation_percent,
+            epochs=run.epochs,
+            batch_size=o.batch_size,
+            run_url=model.url,
+            checkpoint_every=o.checkpoint_every,
+            keep_checkpoints=o.keep_checkpoints,
+            resume=resume,
+            resume_epoch=run.resume_epoch if run.restarts == 0 else None,
+            gpus=o.gpus,
+            seed=o.seed,
+        )
+        return WorkerJob(cfg, train_link=links["train"], valid_link=links["valid"])
 
     # -- requests from the API -------------------------------------------------------------
 

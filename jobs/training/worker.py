@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from cluster.core import accounts
@@ -33,7 +33,7 @@ from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.policy import DEFAULT_DATA, Limits, Policy
 from jobs.sandbox.pool import WarmPool
 from jobs.training import group as process_group
-from jobs.training.config import Outcome
+from jobs.training.config import Outcome, TrainConfig, WorkerJob
 from jobs.volumes import sync as volume_sync
 from ncloud.errors import InvalidInput, NcloudError
 from ncloud.settings import settings
@@ -110,7 +110,7 @@ class TrainWorker:
             port = s.getsockname()[1]
         return f"tcp://{ip}:{port}"
 
-    def run(self, key: str, run_id: int, rank: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    def run(self, key: str, run_id: int, rank: int, job: WorkerJob) -> dict[str, Any]:
         """Run one worker of a run to its end; a key seen before is not started twice.
 
         Calls on a threaded actor are not ordered, so launching and waiting are one call.
@@ -119,7 +119,7 @@ class TrainWorker:
             launch = self.launches.get(key)
             if launch is None:
                 launch = self.launches[key] = Launch(key, run_id, rank)
-                threading.Thread(target=self._run, args=(launch, cfg), daemon=True).start()
+                threading.Thread(target=self._run, args=(launch, job), daemon=True).start()
         return self.wait(key)
 
     def wait(self, key: str, timeout_s: float | None = None) -> dict[str, Any]:
@@ -156,7 +156,7 @@ class TrainWorker:
 
     # -- one launch ----------------------------------------------------------------------
 
-    def _run(self, launch: Launch, cfg: dict[str, Any]) -> None:
+    def _run(self, launch: Launch, job: WorkerJob) -> None:
         run, model = models.get_run(self.store, launch.run_id)
         tenant_id = accounts.get_tenant(self.store, run.tenant).id
         relay = _Relay(self.store, run, tenant_id, launch.rank)
@@ -164,14 +164,14 @@ class TrainWorker:
         mounts = model.options.mounts()
         pulled: list[dict[str, volume_sync.Pulled]] = []
         try:
-            cfg = self._resolve_data({**cfg, "cache_dir": str(settings().cache_dir)})
-            launch.dist_url = cfg.get("dist_url")
+            cfg = _resolve_data(job)
+            launch.dist_url = cfg.dist_url
             box = launch.box = self._take([path for _, path in mounts], tenant_id)
             box.on_log = relay.line
             policy = box.policy
             inside = staging.sandbox_config(policy, cfg)
             mirror = staging.Mirror(
-                policy.slot / "out" / "run", cfg.get("run_url") or "", staging.expected_meta(cfg)
+                policy.slot / "out" / "run", cfg.run_url, staging.expected_meta(cfg)
             )
             if launch.rank != 0:
                 mirror.run_url = ""  # rank 0 alone writes the run's files
@@ -204,37 +204,29 @@ class TrainWorker:
             relay.flush(force=True)
             launch.done.set()
 
-    def _resolve_data(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        """Linked datasets are ingested into this node's cache by their first reader."""
-        for key in ("train_url", "valid_url"):
-            link = cfg.pop(key.replace("_url", "_link"), None)
-            if link:
-                cfg[key] = linked.ensure_cached(link)
-        return cfg
-
     def _sandboxed(
         self,
         launch: Launch,
         box: Sandbox,
-        cfg: dict[str, Any],
+        cfg: TrainConfig,
         relay: _Relay,
         mirror: staging.Mirror,
         tenant_id: int,
     ) -> dict[str, Any]:
         """Run the rank in its sandbox: relay its events, its collectives and its memory."""
         group = None
-        if cfg["world_size"] > 1:
+        if cfg.world_size > 1:
             try:
                 group = process_group.join(
                     str(launch.dist_url),
-                    cfg["rank"],
-                    cfg["world_size"],
+                    cfg.rank,
+                    cfg.world_size,
                     stopped=lambda: launch.stop_asked,
                 )
             except process_group.Stopped:  # before the others came: nothing ran
                 return {"outcome": Outcome.STOPPED}
         try:
-            box.begin({"cfg": cfg}, tenant_id)
+            box.begin({"cfg": asdict(cfg)}, tenant_id)
             if launch.stop_asked:
                 box.send({"kind": "stop"})
             return self._follow(box, relay, mirror, group)
@@ -297,6 +289,17 @@ class TrainWorker:
             if kind == "checkpoint":  # mirrored as soon as the run reports it
                 mirror.sync()
         return None
+
+
+def _resolve_data(job: WorkerJob) -> TrainConfig:
+    """The rank's config on this node: linked datasets are ingested into this node's cache
+    by their first reader, and the cache is this node's."""
+    cfg = replace(job.cfg, cache_dir=str(settings().cache_dir))
+    if job.train_link:
+        cfg = replace(cfg, train_url=linked.ensure_cached(job.train_link))
+    if job.valid_link:
+        cfg = replace(cfg, valid_url=linked.ensure_cached(job.valid_link))
+    return cfg
 
 
 def _pooled(paths: list[str]) -> bool:
