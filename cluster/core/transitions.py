@@ -8,11 +8,14 @@ and the loser learns it from the row count, not from a stale read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Table, update
+
+from cluster.core.store import Store
+from ncloud.errors import Conflict
 
 S = TypeVar("S", bound=StrEnum)
 
@@ -48,3 +51,23 @@ def transition(
         .values(status=to.value, **values)
     )
     return bool(result.rowcount)
+
+
+def move(
+    store: Store,
+    table: Table,
+    row: ColumnElement[bool],
+    machine: Mapping[S, set[S]],
+    to: S,
+    values: Mapping[str, Any],
+    *,
+    what: str,
+    status_now: Callable[[], S],
+    may_stay: bool = False,
+) -> None:
+    """`transition` in its own write; a Conflict naming the row's status when it may not
+    move (`status_now` reads it, and raises NotFound for a row the caller may not see)."""
+    with store.write() as conn:
+        moved = transition(conn, table, row, machine, to, values, may_stay=may_stay)
+    if not moved:
+        raise Conflict(f"{what} is {status_now().value}; it cannot become {to.value}")

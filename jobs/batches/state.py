@@ -27,10 +27,9 @@ from sqlalchemy import (
     update,
 )
 
-from cluster.core import accounts, storage
+from cluster.core import accounts, storage, transitions
 from cluster.core.store import Store, metadata, utcnow
-from cluster.core.transitions import transition
-from ncloud.errors import Conflict, InvalidInput, NotFound
+from ncloud.errors import InvalidInput, NotFound
 
 FORMATS = ("csv", "jsonl")
 MAX_K = 1000
@@ -251,18 +250,18 @@ def in_status(store: Store, statuses: set[BatchStatus]) -> list[tuple[str, int]]
 def move(store: Store, tenant: str, batch_id: int, to: BatchStatus, **values: Any) -> Batch:
     """Change status (checked against TRANSITIONS in the same write) and other columns."""
     tenant_id = accounts.get_tenant(store, tenant).id
-    table = batch_predictions
-    row = (table.c.id == batch_id) & (table.c.tenant_id == tenant_id)
-    with store.write() as conn:
-        moved = transition(
-            conn, table, row, TRANSITIONS, to, {"updated_at": utcnow(), **values}, may_stay=True
-        )
-    current = get(store, tenant, batch_id)
-    if not moved:
-        raise Conflict(
-            f"batch prediction {batch_id} is {current.status.value}; it cannot become {to.value}"
-        )
-    return current
+    transitions.move(
+        store,
+        batch_predictions,
+        (batch_predictions.c.id == batch_id) & (batch_predictions.c.tenant_id == tenant_id),
+        TRANSITIONS,
+        to,
+        {"updated_at": utcnow(), **values},
+        what=f"batch prediction {batch_id}",
+        status_now=lambda: get(store, tenant, batch_id).status,
+        may_stay=True,
+    )
+    return get(store, tenant, batch_id)
 
 
 def progress(store: Store, batch_id: int, predicted: int, bad_rows: int) -> None:

@@ -29,9 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from cluster.core import accounts, storage
+from cluster.core import accounts, storage, transitions
 from cluster.core.store import Store, metadata, utcnow
-from cluster.core.transitions import transition
 from ncloud.errors import Conflict, NotFound
 from ncloud.validation import check_name
 
@@ -242,17 +241,18 @@ def move(store: Store, tenant: str, dataset_id: int, to: DatasetStatus, **values
     if "info" in values:
         values["info"] = json.dumps(values["info"])
     tenant_id = accounts.get_tenant(store, tenant).id
-    row = (datasets.c.id == dataset_id) & (datasets.c.tenant_id == tenant_id)
-    with store.write() as conn:
-        moved = transition(
-            conn, datasets, row, TRANSITIONS, to, {"updated_at": utcnow(), **values}, may_stay=True
-        )
-    current = get(store, tenant, dataset_id)
-    if not moved:
-        raise Conflict(
-            f"dataset {dataset_id} is {current.status.value}; it cannot become {to.value}"
-        )
-    return current
+    transitions.move(
+        store,
+        datasets,
+        (datasets.c.id == dataset_id) & (datasets.c.tenant_id == tenant_id),
+        TRANSITIONS,
+        to,
+        {"updated_at": utcnow(), **values},
+        what=f"dataset {dataset_id}",
+        status_now=lambda: get(store, tenant, dataset_id).status,
+        may_stay=True,
+    )
+    return get(store, tenant, dataset_id)
 
 
 def progress(store: Store, dataset_id: int, done: int, total: int) -> None:

@@ -32,9 +32,8 @@ from sqlalchemy import (
     update,
 )
 
-from cluster.core import accounts
+from cluster.core import accounts, transitions
 from cluster.core.store import Store, metadata, utcnow
-from cluster.core.transitions import transition
 from jobs.models import state as models
 from ncloud.errors import Conflict, Unauthenticated
 
@@ -226,15 +225,16 @@ def begin(
 def move(store: Store, tenant: str, model_id: int, to: DeploymentStatus, **values: Any) -> None:
     """Change status (checked against TRANSITIONS in the same write) and other columns."""
     tenant_id = accounts.get_tenant(store, tenant).id
-    row = (deployments.c.model_id == model_id) & (deployments.c.tenant_id == tenant_id)
-    with store.write() as conn:
-        moved = transition(
-            conn, deployments, row, TRANSITIONS, to, {"updated_at": utcnow(), **values}
-        )
-    if not moved:
-        now = find(store, tenant, model_id)
-        status = now.status.value if now is not None else "not deployed"
-        raise Conflict(f"model {model_id}'s deployment is {status}; it cannot become {to.value}")
+    transitions.move(
+        store,
+        deployments,
+        (deployments.c.model_id == model_id) & (deployments.c.tenant_id == tenant_id),
+        TRANSITIONS,
+        to,
+        {"updated_at": utcnow(), **values},
+        what=f"model {model_id}'s deployment",
+        status_now=lambda: get(store, tenant, model_id).status,
+    )
 
 
 def revoke_token(store: Store, tenant: str, model_id: int) -> None:
