@@ -18,31 +18,26 @@ import logging
 import os
 import socket
 import threading
-import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from cluster.core import accounts
 from cluster.core.store import open_store
 from jobs.datasets import linked
-from jobs.models import metrics
 from jobs.models import state as models
-from jobs.models.state import RunStatus
 from jobs.sandbox import collective, frames, outputs, staging
 from jobs.sandbox.launch import Sandbox, new_slot
 from jobs.sandbox.policy import DEFAULT_DATA, Limits, Policy
 from jobs.sandbox.pool import WarmPool
 from jobs.training import group as process_group
 from jobs.training.config import Outcome, TrainConfig, WorkerJob
+from jobs.training.relay import Relay, outcome_of
 from jobs.volumes import sync as volume_sync
 from ncloud.errors import InvalidInput, NcloudError
 from ncloud.settings import settings
 from ncloud.validation import format_size
 
 log = logging.getLogger("ncloud.runner")
-FLUSH_S = 0.5
-PROGRESS_S = 1.0
-MAX_LINE = 8192
 
 
 @dataclass
@@ -159,7 +154,7 @@ class TrainWorker:
     def _run(self, launch: Launch, job: WorkerJob) -> None:
         run, model = models.get_run(self.store, launch.run_id)
         tenant_id = accounts.get_tenant(self.store, run.tenant).id
-        relay = _Relay(self.store, run, tenant_id, launch.rank)
+        relay = Relay(self.store, run, tenant_id, launch.rank)
         box: Sandbox | None = None
         mounts = model.options.mounts()
         pulled: list[dict[str, volume_sync.Pulled]] = []
@@ -209,7 +204,7 @@ class TrainWorker:
         launch: Launch,
         box: Sandbox,
         cfg: TrainConfig,
-        relay: _Relay,
+        relay: Relay,
         mirror: staging.Mirror,
         tenant_id: int,
     ) -> dict[str, Any]:
@@ -235,7 +230,7 @@ class TrainWorker:
                 process_group.leave()
 
     def _follow(
-        self, box: Sandbox, relay: _Relay, mirror: staging.Mirror, group: Any
+        self, box: Sandbox, relay: Relay, mirror: staging.Mirror, group: Any
     ) -> dict[str, Any]:
         outcome: dict[str, Any] | None = None
         watch = _MemoryWatch(box, self.memory_limit)
@@ -271,7 +266,7 @@ class TrainWorker:
         self,
         box: Sandbox,
         frame: tuple[dict[str, Any], bytes],
-        relay: _Relay,
+        relay: Relay,
         mirror: staging.Mirror,
         group: Any,
     ) -> dict[str, Any] | None:
@@ -281,7 +276,7 @@ class TrainWorker:
         if kind == "collective" and group is not None:
             box.send(*collective.relay(header, payload, group))
         elif kind == "done":
-            return _outcome(header.get("result"))
+            return outcome_of(header.get("result"))
         elif kind == "error":
             return {"outcome": Outcome.FAILED, "error": str(header.get("error"))[:8000]}
         else:
@@ -326,87 +321,3 @@ class _MemoryWatch:
 
     def stop(self) -> None:
         self.done.set()
-
-
-def _outcome(raw: Any) -> dict[str, Any]:
-    """What the run says it ended with, kept to the fields the scheduler reads, checked."""
-    result = raw if isinstance(raw, dict) else {}
-    status = result.get("status")
-    done = result.get("epochs_done")
-    if status not in (Outcome.COMPLETED, Outcome.STOPPED) or type(done) is not int or done < 0:
-        return {"outcome": Outcome.FAILED, "error": "the run ended without a valid result"}
-    return {
-        "outcome": Outcome(status),
-        "status": status,
-        "epochs_done": done,
-        "metrics": _metrics(result.get("metrics")),
-    }
-
-
-class _Relay:
-    """Buffers a child's events into the store: lines in batches, progress at most once a second."""
-
-    def __init__(self, store: Any, run: models.Run, tenant_id: int, rank: int) -> None:
-        self.store, self.run, self.tenant_id, self.rank = store, run, tenant_id, rank
-        self.pending: list[str] = []
-        self.flushed_at = 0.0
-        self.progress: str | None = None
-        self.progress_at = 0.0
-        self.lock = threading.Lock()
-
-    def line(self, text: str) -> None:
-        with self.lock:
-            self.pending.append(text if self.rank == 0 else f"[rank {self.rank}] {text}")
-
-    def event(self, kind: str, value: dict[str, Any], pid: int) -> None:
-        """One event from the sandbox; what it says is checked, since the tenant wrote it."""
-        if kind == "started" and self.rank == 0:
-            with contextlib.suppress(NcloudError):
-                models.move(self.store, self.run.id, RunStatus.RUNNING, note=f"pid {pid}")
-        elif kind == "log":
-            self.line(str(value.get("line"))[:MAX_LINE])
-        elif kind == "progress" and self.rank == 0:
-            self.progress = str(value.get("line"))[:MAX_LINE]
-        elif kind == "epoch" and self.rank == 0:
-            m = _metrics(value.get("metrics"))
-            if m is not None:
-                self.flush(force=True)
-                metrics.record_epoch(self.store, self.run, self.tenant_id, m)
-                self.line(_epoch_line(m))
-        elif kind == "checkpoint" and self.rank == 0:
-            index = value.get("index")
-            epoch = index.get("epoch") if isinstance(index, dict) else None
-            self.line(f"checkpoint saved at epoch {epoch if type(epoch) is int else '?'}")
-
-    def flush(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.pending and (force or now - self.flushed_at > FLUSH_S):
-            with self.lock:
-                lines, self.pending = self.pending, []
-            metrics.add_lines(self.store, self.run, self.tenant_id, lines)
-            self.flushed_at = now
-        if self.progress is not None and (force or now - self.progress_at > PROGRESS_S):
-            models.update_run(self.store, self.run.id, progress=self.progress)
-            self.progress, self.progress_at = None, now
-
-
-def _metrics(raw: Any) -> dict[str, Any] | None:
-    """Epoch metrics as a run reports them: a small dict of numbers (or None), else None."""
-    if not isinstance(raw, dict) or len(raw) > 64 or type(raw.get("epoch")) is not int:
-        return None
-    ok = all(
-        isinstance(k, str) and len(k) <= 64 and (v is None or type(v) in (int, float))
-        for k, v in raw.items()
-    )
-    return dict(raw) if ok else None
-
-
-def _epoch_line(m: dict[str, Any]) -> str:
-    parts = [f"epoch {m.get('epoch')}: train loss {m.get('train_loss') or 0:.4f}"]
-    if m.get("valid_loss") is not None:
-        parts.append(f"valid loss {m['valid_loss']:.4f}")
-    if m.get("valid_accuracy") is not None:
-        parts.append(f"valid accuracy {m['valid_accuracy']:.4f}")
-    if m.get("samples_per_s") is not None:
-        parts.append(f"{m['samples_per_s']:.0f} samples/s")
-    return ", ".join(parts)
