@@ -90,6 +90,8 @@ class Scheduler:
                 if ref in active.refs:
                     rank = active.refs.pop(ref)
                     active.results[rank] = self._outcome(ref)
+                    if active.results[rank].get("died") and rank < len(active.actors):
+                        self._forget(active.actors[rank])
                     self._settle(active)
         for active in list(self.active.values()):
             if not active.refs and active.results:  # lost at recovery, or a launch that failed
@@ -99,8 +101,18 @@ class Scheduler:
         try:
             found = ray.get(ref, timeout=10)
             return dict(found)
-        except Exception as exc:  # the worker actor itself died (SIGKILL, node lost)
-            return {"outcome": Outcome.CRASHED, "error": f"the worker died ({type(exc).__name__})"}
+        except Exception as exc:  # the worker actor died (SIGKILL, node lost, no rendezvous)
+            return {
+                "outcome": Outcome.CRASHED,
+                "error": f"the worker died ({type(exc).__name__})",
+                "died": True,
+            }
+
+    def _forget(self, actor: Any) -> None:
+        """Drop a dead pool worker, so the next launch on its bundle makes a new one."""
+        for key, pooled in list(self.pool.items()):
+            if pooled is actor:
+                del self.pool[key]
 
     def _settle(self, active: Active) -> None:
         """Decide a run's fate once a worker ended: wait for the rest, end it, or restart it."""
@@ -246,19 +258,20 @@ class Scheduler:
         try:
             job = self._config(run, model, resume)
             actors = [self._worker(tenant, b, bundles[b]) for b in placement]
-            dist_url = None
-            if len(actors) > 1:
-                dist_url = ray.get(actors[0].rendezvous.remote(), timeout=120)
+            # rank 0's address, as a reference: Ray hands it to every rank's run() once
+            # known, so the scheduler's lock is never held while a worker answers
+            dist_url = actors[0].rendezvous.remote() if len(actors) > 1 else None
             active = Active(run.id, run.launch_key, actors)
             for rank, (actor, b) in enumerate(zip(actors, placement, strict=True)):
                 rank_cfg = replace(
                     job.cfg,
                     rank=rank,
                     world_size=len(actors),
-                    dist_url=dist_url,
                     threads=max(int(bundles[b].get("CPU", 1)), 1),
                 )
-                ref = actor.run.remote(run.launch_key, run.id, rank, replace(job, cfg=rank_cfg))
+                ref = actor.run.remote(
+                    run.launch_key, run.id, rank, replace(job, cfg=rank_cfg), dist_url
+                )
                 active.refs[ref] = rank
             self.active[run.id] = active
         except NcloudError as exc:

@@ -105,11 +105,17 @@ class TrainWorker:
             port = s.getsockname()[1]
         return f"tcp://{ip}:{port}"
 
-    def run(self, key: str, run_id: int, rank: int, job: WorkerJob) -> dict[str, Any]:
+    def run(
+        self, key: str, run_id: int, rank: int, job: WorkerJob, dist_url: str | None = None
+    ) -> dict[str, Any]:
         """Run one worker of a run to its end; a key seen before is not started twice.
 
         Calls on a threaded actor are not ordered, so launching and waiting are one call.
+        `dist_url` is rank 0's rendezvous() for a group: the scheduler passes the reference
+        and Ray resolves it before this call begins, so nobody waits on it under a lock.
         """
+        if dist_url is not None:
+            job = replace(job, cfg=replace(job.cfg, dist_url=dist_url))
         with self.lock:
             launch = self.launches.get(key)
             if launch is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -33,6 +33,16 @@ class Transport:
         self._http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
+
+    def close(self) -> None:
+        """Close the pooled connections (a Client is also a context manager)."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def request(
         self,
@@ -113,6 +123,3 @@ class Transport:
 
     def info(self) -> JSON:
         return self.request("GET", "/info")
-
-    def close(self) -> None:
-        self._http.close()

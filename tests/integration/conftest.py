@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class Server:
     admin_token: str
     ports: dict[str, int]
     s3: S3
+    clients: dict[tuple[str, str | None], Client] = field(default_factory=dict)
 
     def cli(
         self,
@@ -82,7 +83,11 @@ class Server:
         return proc
 
     def client(self, token: str | None = None, tenant: str | None = None) -> Client:
-        return Client(self.api_url, token=token or self.admin_token, tenant=tenant)
+        """One client per (token, tenant) for the session, closed by stop()."""
+        key = (token or self.admin_token, tenant)
+        if key not in self.clients:
+            self.clients[key] = Client(self.api_url, token=key[0], tenant=tenant)
+        return self.clients[key]
 
     def start(self) -> dict[str, Any]:
         p = self.ports
@@ -106,6 +111,9 @@ class Server:
         return json.loads(out.stdout)
 
     def stop(self) -> None:
+        for c in self.clients.values():
+            c.close()
+        self.clients.clear()
         self.cli("server", "stop", check=False, timeout=120)
 
 
