@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from examples.digits import make_digits
 from ncloud.client import Client
 from ncloud.errors import NcloudError
 from tests.s3 import CREDENTIALS, FlakyProxy, MotoServer, free_port
@@ -216,3 +217,25 @@ def tenant(server: Server) -> Iterator[Callable[..., dict[str, Any]]]:
     for name in made:
         with contextlib.suppress(NcloudError):  # already removed by the test
             server.client().tenants.remove(name, force=True)
+
+
+@pytest.fixture(scope="module")
+def lab(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """For the training tests, one per module: a tenant with the whole cluster (2 one-CPU
+    bundles, 1 GiB each) and the digits uploaded."""
+    data = tmp_path_factory.mktemp("train-digits")
+    make_digits(data, size=16)
+    admin = server.client()
+    admin.tenants.add("lab", 2, 0, "2GiB")
+    user = admin.users.add("tess@example.com", ["lab"])
+    ids = {}
+    for split in ("train", "valid"):
+        ids[split] = upload_dataset(server, data / f"{split}.tsv", split, user["token"], "lab")
+    try:
+        yield {"token": user["token"], "tenant": "lab", "data": data, **ids}
+    finally:
+        client = server.client(token=user["token"], tenant="lab")
+        for m in client.models.list("training"):
+            client.models.stop(m["id"])
+        admin.users.remove("tess@example.com")
+        admin.tenants.remove("lab", force=True)

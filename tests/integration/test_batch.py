@@ -125,7 +125,8 @@ def test_a_new_manifest_with_bad_rows_via_the_cli(
         "batch", "results", str(done["id"]), "-d", str(tmp_path), token=bench["token"],
         tenant=TENANT,
     )  # fmt: skip
-    rows = [json.loads(line) for line in (tmp_path / f"batch-{done['id']}.jsonl").open()]
+    lines = (tmp_path / f"batch-{done['id']}.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
     assert [r["id"] for r in rows] == names
     errors = {r["id"]: r["error"] for r in rows if r["error"]}
     assert set(errors) == {"corrupt.png", "words.png"}

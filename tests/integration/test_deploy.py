@@ -2,66 +2,29 @@
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import torch
-from PIL import Image
 
 from examples.digits import make_digits
 from ncloud.client import Client
 from ncloud.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from tests.integration.conftest import Server, upload_dataset, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-TERMINAL = {"Completed", "Failed", "Stopped"}
-
-
-def _features_manifest(rows: int = 400) -> bytes:
-    """sklearn's digits as 64 inline @ASCII_FLOAT columns and an @ASCII_INT label."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    lines = ["\t".join(["@ASCII_FLOAT"] * 64 + ["@ASCII_INT"])]
-    for x, y in zip(digits.data[:rows], digits.target[:rows], strict=True):
-        lines.append("\t".join([f"{v / 16:.3f}" for v in x] + [str(int(y))]))
-    return ("\n".join(lines) + "\n").encode()
-
-
-FEATURES_MLP = """
-epochs: 3
-layers:
-  - {type: Linear, config: {out_features: 64}}
-  - {type: ReLU}
-  - {type: Linear, config: {out_features: num_classes}}
-"""
-
-
-def _trained(client: Client, name: str, spec: str, dataset: int, epochs: int) -> int:
-    text = FEATURES_MLP if spec == "features.yaml" else (ROOT / "examples" / spec).read_text()
-    model = client.models.train(name, spec, text, dataset, epochs=epochs)
-    found = wait_for(
-        lambda: (m := client.models.show(model["id"]))["status"] in TERMINAL and m,
-        300,
-        f"{name} to train",
-    )
-    assert found["status"] == "Completed", found["error"]
-    return int(model["id"])
-
-
-def _deployed(client: Client, model_id: int, **options: Any) -> dict[str, Any]:
-    found = client.models.deploy(model_id, **options)
-    token = found["token"]
-    wait_for(lambda: client.models.deployment(model_id)["status"] == "Deployed", 300, "Deployed")
-    return {**client.models.deployment(model_id), "token": token}
+from tests.integration.serving import (
+    ROOT,
+    deployed,
+    features_manifest,
+    png_image,
+    post,
+    predict_url,
+    trained,
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +38,13 @@ def shop(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     client = server.client(token=user["token"], tenant="shop")
     try:
         images = upload_dataset(server, data / "valid.tsv", "images", user["token"], "shop")
-        features = client.datasets.create("features", _features_manifest(), "f.tsv")["id"]
+        features = client.datasets.create("features", features_manifest(), "f.tsv")["id"]
         client.datasets.ingest(features)
         wait_for(lambda: client.datasets.show(features)["status"] == "Ready", 120, "features")
-        cnn = _trained(client, "cnn", "cnn.yaml", images, epochs=8)
-        mlp = _trained(client, "mlp", "features.yaml", features, epochs=3)
-        image_dep = _deployed(client, cnn)
-        feature_dep = _deployed(client, mlp)
+        cnn = trained(client, "cnn", "cnn.yaml", images, epochs=8)
+        mlp = trained(client, "mlp", "features.yaml", features, epochs=3)
+        image_dep = deployed(client, cnn)
+        feature_dep = deployed(client, mlp)
         yield {
             "token": user["token"],
             "client": client,
@@ -98,21 +61,6 @@ def shop(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
                 client.models.undeploy(model["id"])
         admin.users.remove("sol@example.com")
         admin.tenants.remove("shop", force=True)
-
-
-def _url(server: Server, model_id: int) -> str:
-    return f"{server.api_url.removesuffix('/api/v1')}/models/{model_id}/predict"
-
-
-def _post(server: Server, model_id: int, token: str | None, files: Any = None, **kw: Any) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.post(_url(server, model_id), headers=headers, files=files, timeout=60, **kw)
-
-
-def _png(width: int, height: int, color: int = 0) -> bytes:
-    out = io.BytesIO()
-    Image.new("L", (width, height), color).save(out, "PNG")
-    return out.getvalue()
 
 
 def test_predict_top5_with_labels_through_the_cli_and_curl(
@@ -156,7 +104,7 @@ def test_predict_top5_with_labels_through_the_cli_and_curl(
     )
     assert "PROBABILITY" in table.stdout and names[0].name in table.stdout
     # The deployment's own token, as curl would send it; k larger than the classes is clamped.
-    reply = _post(
+    reply = post(
         server,
         shop["cnn"],
         shop["image_dep"]["token"],
@@ -164,7 +112,7 @@ def test_predict_top5_with_labels_through_the_cli_and_curl(
         params={"k": 50},
     )
     assert reply.status_code == 200 and len(reply.json()["predictions"][0]["top"]) == 10
-    raw = _post(
+    raw = post(
         server,
         shop["cnn"],
         shop["token"],
@@ -186,21 +134,21 @@ def test_json_features_predict_and_wrong_length_is_422(
     from sklearn.datasets import load_digits
 
     x = (load_digits().data[500] / 16).round(3).tolist()
-    ok = _post(server, shop["mlp"], shop["token"], files=[("file", ("x.json", json.dumps(x)))])
+    ok = post(server, shop["mlp"], shop["token"], files=[("file", ("x.json", json.dumps(x)))])
     assert ok.status_code == 200 and ok.json()["predictions"][0]["top"][0]["label"] is None
-    bad = _post(server, shop["mlp"], shop["token"], files=[("file", ("x.json", "[1, 2, 3]"))])
+    bad = post(server, shop["mlp"], shop["token"], files=[("file", ("x.json", "[1, 2, 3]"))])
     assert bad.status_code == 422 and "has 3 features; the model takes 64" in bad.json()["message"]
 
 
 @pytest.mark.parametrize(
     ("files", "params", "status", "match"),
     [
-        ([("file", ("t.png", _png(16, 16)[:40]))], {}, 422, "t.png"),
+        ([("file", ("t.png", png_image(16, 16)[:40]))], {}, 422, "t.png"),
         ([("file", ("n.png", b"this is text, not an image"))], {}, 422, "n.png"),
-        ([("file", ("big.png", _png(12000, 9000)))], {}, 422, "pixel|bomb|limit"),
-        ([("file", ("a.png", _png(16, 16)))], {"k": 0}, 422, "k must be at least 1"),
-        ([("file", ("a.png", _png(16, 16)))], {"k": -3}, 422, "k must be at least 1"),
-        ([("file", ("a.png", _png(16, 16)))], {"k": "five"}, 422, "k must be an integer"),
+        ([("file", ("big.png", png_image(12000, 9000)))], {}, 422, "pixel|bomb|limit"),
+        ([("file", ("a.png", png_image(16, 16)))], {"k": 0}, 422, "k must be at least 1"),
+        ([("file", ("a.png", png_image(16, 16)))], {"k": -3}, 422, "k must be at least 1"),
+        ([("file", ("a.png", png_image(16, 16)))], {"k": "five"}, 422, "k must be an integer"),
         (None, {}, 422, "empty"),
     ],
 )
@@ -214,15 +162,15 @@ def test_bad_inputs_are_4xx_and_the_endpoint_stays_up(
 ) -> None:
     import re
 
-    reply = _post(server, shop["cnn"], shop["token"], files=files, params=params)
+    reply = post(server, shop["cnn"], shop["token"], files=files, params=params)
     assert reply.status_code == status and re.search(match, reply.json()["message"])
-    good = _post(server, shop["cnn"], shop["token"], files=[("file", ("ok.png", _png(16, 16)))])
+    good = post(server, shop["cnn"], shop["token"], files=[("file", ("ok.png", png_image(16, 16)))])
     assert good.status_code == 200
 
 
 def test_routes_other_than_predict_and_info(server: Server, shop: dict[str, Any]) -> None:
     headers = {"Authorization": f"Bearer {shop['token']}"}
-    base = _url(server, shop["cnn"]).removesuffix("/predict")
+    base = predict_url(server, shop["cnn"]).removesuffix("/predict")
     info = httpx.get(base, headers=headers, timeout=60)
     assert info.status_code == 200 and info.json()["num_classes"] == 10
     assert len(info.json()["classes"]) == 10 and "seven" in info.json()["classes"]
@@ -252,18 +200,18 @@ def test_a_body_over_the_limit_is_413_without_reading_it(
 def test_auth_not_deployed_and_other_tenants(
     server: Server, shop: dict[str, Any], tenant: Any
 ) -> None:
-    png = [("file", ("a.png", _png(16, 16)))]
-    assert _post(server, shop["cnn"], None, files=png).status_code == 401
-    assert _post(server, shop["cnn"], "nc_x_y", files=png).status_code == 401
+    png = [("file", ("a.png", png_image(16, 16)))]
+    assert post(server, shop["cnn"], None, files=png).status_code == 401
+    assert post(server, shop["cnn"], "nc_x_y", files=png).status_code == 401
     # Malformed deployment tokens: no secret, no model, nothing after the prefix.
     cnn = shop["cnn"]
     for bad in ("ncd_", "ncd_x", f"ncd_{cnn}", f"ncd_{cnn}_", "ncd__secret"):
-        assert _post(server, cnn, bad, files=png).status_code == 401, bad
-        assert _post(server, cnn, bad, files=png).status_code == 401, bad  # not cached either
+        assert post(server, cnn, bad, files=png).status_code == 401, bad
+        assert post(server, cnn, bad, files=png).status_code == 401, bad  # not cached either
     tenant("outsiders", cpus=1)
     other = server.client().users.add("out@example.com", ["outsiders"])
     try:
-        assert _post(server, shop["cnn"], other["token"], files=png).status_code == 404
+        assert post(server, shop["cnn"], other["token"], files=png).status_code == 404
         theirs = server.client(token=other["token"], tenant="outsiders")
         with pytest.raises(NotFound):
             theirs.models.deploy(shop["cnn"])
@@ -279,7 +227,7 @@ def test_auth_not_deployed_and_other_tenants(
         epochs=1,
     )
     client.models.stop(never["id"])  # stopped while queued or early: maybe no weights
-    reply = _post(server, never["id"], shop["token"], files=png)
+    reply = post(server, never["id"], shop["token"], files=png)
     assert reply.status_code == 409 and "not deployed" in reply.json()["message"]
     with pytest.raises(Conflict):
         client.models.undeploy(never["id"])
@@ -312,29 +260,29 @@ def test_revoked_deployment_token_is_401_and_undeploy_frees_the_bundle(
     server: Server, shop: dict[str, Any]
 ) -> None:
     client: Client = shop["client"]
-    png = [("file", ("a.png", _png(16, 16)))]
+    png = [("file", ("a.png", png_image(16, 16)))]
     token = shop["feature_dep"]["token"]
     x = json.dumps([0.0] * 64)
-    assert _post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 200
+    assert post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 200
     server.cli("model", "token-revoke", str(shop["mlp"]), token=shop["token"], tenant="shop")
     # A replica trusts a token it checked for up to a second (AuthCache in
     # serve/deployments/replica.py).
     wait_for(
         lambda: (
-            _post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 401
+            post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 401
         ),
         10,
         "the revoked token to be refused",
     )
     time.sleep(1.5)  # past the cache: still refused, it did not come back
-    assert _post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 401
+    assert post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 401
     # The deployment token is scoped to its own model.
-    assert _post(server, shop["cnn"], token, files=png).status_code == 401
+    assert post(server, shop["cnn"], token, files=png).status_code == 401
     client.models.undeploy(shop["mlp"])
     wait_for(
         lambda: client.models.deployment(shop["mlp"])["status"] == "Undeployed", 120, "Undeployed"
     )
-    reply = _post(server, shop["mlp"], shop["token"], files=[("file", ("x.json", x))])
+    reply = post(server, shop["mlp"], shop["token"], files=[("file", ("x.json", x))])
     assert reply.status_code == 409
     assert len(client.resources.list()["training_bundles"]) == 1  # the image deployment's
     with pytest.raises(QuotaExceeded, match="1 of 2 worker slot"):
@@ -354,11 +302,11 @@ def test_a_full_replica_answers_503_with_retry_after_and_recovers(
     if client.models.deployment(mlp)["status"] != "Undeployed":
         client.models.undeploy(mlp)
         wait_for(lambda: client.models.deployment(mlp)["status"] == "Undeployed", 120, "Undeployed")
-    dep = _deployed(client, mlp, max_queue=3, max_batch=64, batch_wait_ms=1000)
+    dep = deployed(client, mlp, max_queue=3, max_batch=64, batch_wait_ms=1000)
     assert (dep["max_queue"], dep["max_batch"], dep["batch_wait_ms"]) == (3, 64, 1000)
     two = [("file", (f"x{i}.json", json.dumps([0.0] * 64))) for i in range(2)]
     with ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(lambda _: _post(server, mlp, shop["token"], files=two), range(8)))
+        replies = list(pool.map(lambda _: post(server, mlp, shop["token"], files=two), range(8)))
     codes = sorted(r.status_code for r in replies)
     assert set(codes) <= {200, 503}, [(r.status_code, r.text[:200]) for r in replies]
     assert 200 in codes and 503 in codes, codes
@@ -368,9 +316,9 @@ def test_a_full_replica_answers_503_with_retry_after_and_recovers(
             body = r.json()
             assert body["code"] == "unavailable" and "busy" in body["message"], body
     four = [("file", (f"x{i}.json", json.dumps([0.0] * 64))) for i in range(4)]
-    too_many = _post(server, mlp, shop["token"], files=four)
+    too_many = post(server, mlp, shop["token"], files=four)
     assert too_many.status_code == 413 and "at most 3" in too_many.json()["message"]
-    assert _post(server, mlp, shop["token"], files=two).status_code == 200
+    assert post(server, mlp, shop["token"], files=two).status_code == 200
 
 
 def test_two_replicas_serving_an_earlier_checkpoint(server: Server, shop: dict[str, Any]) -> None:
@@ -403,42 +351,6 @@ def test_two_replicas_serving_an_earlier_checkpoint(server: Server, shop: dict[s
     headers = {"Authorization": f"Bearer {found['token']}"}
     info = httpx.get(found["url"].removesuffix("/predict"), headers=headers, timeout=60)
     assert info.json()["checkpoint"] == earlier
-    png = [("file", ("a.png", _png(16, 16)))]
+    png = [("file", ("a.png", png_image(16, 16)))]
     for _ in range(4):
-        assert _post(server, shop["cnn"], found["token"], files=png).status_code == 200
-
-
-def test_a_gpu_deployment_takes_its_gpu_from_the_tenants_reservation(
-    server: Server, tenant: Any
-) -> None:
-    """The cluster's one GPU is the tenant's: the replica must take it from the reservation
-    (no GPU is left outside it), and training gets the bundle's GPU back after undeploy."""
-    tenant("gpu", cpus=1, gpus=1, memory="1GiB")
-    admin = server.client()
-    user = admin.users.add("gus@example.com", ["gpu"])
-    client = server.client(token=user["token"], tenant="gpu")
-    try:
-        ds = client.datasets.create("features", _features_manifest(200), "f.tsv")["id"]
-        client.datasets.ingest(ds)
-        wait_for(lambda: client.datasets.show(ds)["status"] == "Ready", 120, "features")
-        mlp = _trained(client, "mlp", "features.yaml", ds, epochs=1)  # its worker holds the GPU
-        with pytest.raises(InvalidInput, match="one replica"):
-            client.models.deploy(mlp, replicas=2, gpus=1)
-        dep = _deployed(client, mlp, gpus=1)
-        assert dep["gpus"] == 1
-        info = httpx.get(
-            _url(server, mlp).removesuffix("predict"),
-            headers={"Authorization": f"Bearer {dep['token']}"},
-            timeout=30,
-        ).json()
-        assert len(info["gpu_ids"]) == 1, info  # the one GPU (an index, or a UUID)
-        assert info["device"].startswith("cuda" if torch.cuda.is_available() else "cpu"), info
-        x = json.dumps([0.0] * 64)
-        assert _post(server, mlp, dep["token"], files=[("file", ("x.json", x))]).status_code == 200
-        assert client.resources.list()["in_use"]["gpus"] == 1  # the replica's, counted once
-        client.models.undeploy(mlp)
-        wait_for(lambda: client.models.deployment(mlp)["status"] == "Undeployed", 120, "Undeployed")
-        _trained(client, "again", "features.yaml", ds, epochs=1)  # a new worker, the same GPU
-        assert client.resources.list()["in_use"]["gpus"] == 0  # its idle worker is not in use
-    finally:
-        admin.users.remove("gus@example.com")
+        assert post(server, shop["cnn"], found["token"], files=png).status_code == 200

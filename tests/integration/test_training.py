@@ -8,95 +8,22 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from examples.digits import make_digits
-from ncloud.client import Client
 from ncloud.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
-from tests.integration.conftest import Server, kill_controller, upload_dataset, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-TERMINAL = {"Completed", "Failed", "Stopped"}
-
-# A .py network that is slow on purpose (so tests can act mid-run) and can misbehave on cue.
-SLOW_PY = """
-import time
-import torch
-from torch import nn
-
-MODE = "{mode}"
-HOG = []
-
-
-class Net(nn.Module):
-    def __init__(self, num_classes, input_shape):
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
-
-    def forward(self, x):
-        if self.training:
-            time.sleep({sleep})
-            if MODE == "raise":
-                raise RuntimeError("boom in user code")
-            if MODE == "hog":
-                HOG.append(torch.ones(64 << 20, dtype=torch.uint8))
-        return self.body(x)
-
-
-def model(num_classes, input_shape):
-    return Net(num_classes, input_shape)
-"""
-
-
-def slow_py(mode: str = "ok", sleep: float = 0.02) -> str:
-    return SLOW_PY.format(mode=mode, sleep=sleep)
-
-
-@pytest.fixture(scope="module")
-def lab(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A tenant with the whole cluster (2 one-CPU bundles, 1 GiB each) and the digits uploaded."""
-    data = tmp_path_factory.mktemp("train-digits")
-    make_digits(data, size=16)
-    admin = server.client()
-    admin.tenants.add("lab", 2, 0, "2GiB")
-    user = admin.users.add("tess@example.com", ["lab"])
-    ids = {}
-    for split in ("train", "valid"):
-        ids[split] = upload_dataset(server, data / f"{split}.tsv", split, user["token"], "lab")
-    try:
-        yield {"token": user["token"], "tenant": "lab", "data": data, **ids}
-    finally:
-        client = server.client(token=user["token"], tenant="lab")
-        for m in client.models.list("training"):
-            client.models.stop(m["id"])
-        admin.users.remove("tess@example.com")
-        admin.tenants.remove("lab", force=True)
-
-
-def as_user(server: Server, lab: dict[str, Any]) -> Client:
-    return server.client(token=lab["token"], tenant=lab["tenant"])
-
-
-def until(client: Client, model_id: int, statuses: set[str], timeout_s: float = 240) -> Any:
-    return wait_for(
-        lambda: (m := client.models.show(model_id))["status"] in statuses and m,
-        timeout_s,
-        f"model {model_id} to become {statuses}",
-    )
-
-
-def submit(client: Client, lab: dict[str, Any], name: str, text: str, **options: Any) -> Any:
-    spec_name = options.pop("spec_name", "net.py")
-    return client.models.train(name, spec_name, text, lab["train"], **options)
-
-
-def running_pid(client: Client, model_id: int) -> int:
-    history = client.models.show(model_id)["runs"][-1]["history"]
-    return int([h for h in history if h["status"] == "Running"][-1]["note"].split()[-1])
+from tests.integration.conftest import Server, kill_controller, wait_for
+from tests.integration.lab import (
+    ROOT,
+    TERMINAL,
+    as_user,
+    running_pid,
+    slow_py,
+    submit,
+    until,
+)
 
 
 def test_yaml_cnn_trains_to_its_stated_accuracy_with_the_cli(
@@ -332,116 +259,6 @@ def test_sigkill_of_the_controller_loses_no_run(server: Server, lab: dict[str, A
     for model_id in (running["id"], queued["id"]):
         assert until(client, model_id, TERMINAL, 300)["status"] == "Completed"
     assert client.models.show(running["id"])["epochs_done"] == 15
-
-
-def test_a_volume_is_readable_and_written_back(
-    server: Server, lab: dict[str, Any], tmp_path: Path
-) -> None:
-    client = as_user(server, lab)
-    (tmp_path / "vocab").mkdir()
-    (tmp_path / "vocab" / "words.txt").write_text("alpha\nbeta\n")
-    out = server.cli(
-        "volume",
-        "upload",
-        str(tmp_path / "vocab"),
-        "--name",
-        "vocab",
-        "-o",
-        "json",
-        token=lab["token"],
-        tenant="lab",
-    )
-    volume = json.loads(out.stdout)["id"]
-    text = slow_py(sleep=0.0).replace(
-        "def model(num_classes, input_shape):",
-        "def model(num_classes, input_shape):\n"
-        "    import os, pathlib\n"
-        "    data = pathlib.Path(os.environ.get('NCLOUD_DATA_DIR', '/nonexistent'))\n"
-        "    if data.exists():\n"
-        "        words = (data / 'words.txt').read_text().split()\n"
-        "        (data / 'out.txt').write_text(str(len(words)))",
-    )
-    model = submit(client, lab, "with-volume", text, epochs=1, volume=volume)
-    assert until(client, model["id"], TERMINAL)["status"] == "Completed"
-    files = client.volumes.show(volume)
-    assert "out.txt" in json.dumps(files["file_list"])
-    log = "\n".join(e["line"] for e in client.models.logs(model["id"])["lines"])
-    assert f"saved 1 file(s) from /data back to volume {volume}" in log  # words.txt as pulled
-
-
-def _volume(server: Server, lab: dict[str, Any], folder: Path, name: str) -> int:
-    out = server.cli(
-        "volume", "upload", str(folder), "--name", name, "-o", "json",
-        token=lab["token"], tenant="lab",
-    )  # fmt: skip
-    return int(json.loads(out.stdout)["id"])
-
-
-def test_two_volumes_at_paths_of_the_users_choosing(
-    server: Server, lab: dict[str, Any], tmp_path: Path
-) -> None:
-    for name, content in (("notes", "n"), ("tables", "t")):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / f"{name}.txt").write_text(content)
-    notes = _volume(server, lab, tmp_path / "notes", "notes")
-    tables = _volume(server, lab, tmp_path / "tables", "tables")
-    text = slow_py(sleep=0.0).replace(
-        "def model(num_classes, input_shape):",
-        "def model(num_classes, input_shape):\n"
-        "    import pathlib\n"
-        "    if pathlib.Path('/lookup').exists():  # not at the submit-time check\n"
-        "        seen = pathlib.Path('/data/notes.txt').read_text()\n"
-        "        seen += pathlib.Path('/lookup/tables.txt').read_text()\n"
-        "        pathlib.Path('/lookup/seen.txt').write_text(seen)\n"
-        "        print('volumes said', seen)",
-    )
-    (tmp_path / "net.py").write_text(text)
-    out = server.cli(
-        "model", "train", str(tmp_path / "net.py"), "--dataset", f"train:{lab['train']}",
-        "-e", "1", "-n", "two-volumes", "-v", str(notes), "-v", f"{tables}:/lookup",
-        "-o", "json", token=lab["token"], tenant="lab",
-    )  # fmt: skip
-    model = json.loads(out.stdout)
-    assert model["volumes"] == [{"id": notes, "path": "/data"}, {"id": tables, "path": "/lookup"}]
-    client = as_user(server, lab)
-    assert until(client, model["id"], TERMINAL)["status"] == "Completed"
-    log = "\n".join(e["line"] for e in client.models.logs(model["id"])["lines"])
-    assert "volumes said nt" in log
-    assert "seen.txt" in json.dumps(client.volumes.show(tables)["file_list"])
-    assert "seen.txt" not in json.dumps(client.volumes.show(notes)["file_list"])
-
-
-@pytest.mark.parametrize(
-    ("mount", "message"),
-    [
-        ("/usr/share", "the sandbox's own"),
-        ("relative", "absolute path"),
-        ("/data/../etc", "absolute path"),
-        ("/job/out", "the sandbox's own"),
-        ("/", "absolute path"),
-    ],
-)
-def test_bad_volume_mounts_are_refused(
-    server: Server, lab: dict[str, Any], tmp_path: Path, mount: str, message: str
-) -> None:
-    (tmp_path / "v").mkdir()
-    (tmp_path / "v" / "f.txt").write_text("x")
-    volume = _volume(server, lab, tmp_path / "v", f"bad-{abs(hash(mount))}")
-    client = as_user(server, lab)
-    mlp = (ROOT / "examples/mlp.yaml").read_text()
-    before = len(client.models.list())
-    with pytest.raises(InvalidInput, match=message):
-        submit(client, lab, "m", mlp, spec_name="mlp.yaml", volumes=[{"id": volume, "path": mount}])
-    with pytest.raises(InvalidInput, match="overlaps"):
-        overlapping = [{"id": volume, "path": "/a"}, {"id": volume, "path": "/a/b"}]
-        submit(client, lab, "m", mlp, spec_name="mlp.yaml", volumes=overlapping)
-    bad = server.cli(
-        "model", "train", str(ROOT / "examples/mlp.yaml"), "--dataset", f"train:{lab['train']}",
-        "-v", "seven", check=False, token=lab["token"], tenant="lab",
-    )  # fmt: skip
-    assert bad.returncode == 1 and "give ID or ID:PATH" in bad.stderr
-    assert len(client.models.list()) == before
-    client.volumes.remove(volume)
 
 
 def test_ray_job_submit_trains_without_the_control_plane(

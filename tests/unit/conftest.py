@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster.core import accounts, storage
+from cluster.core.store import Store
 from ncloud.settings import settings
 
 
@@ -29,3 +31,25 @@ def store(isolated_home: Path):  # type: ignore[no-untyped-def]
     s = schema.open_store(settings().db_url)
     yield s
     s.dispose()
+
+
+@pytest.fixture
+def tenants(store: Store) -> Store:
+    """The store with two tenants, vision and audio (one CPU each)."""
+    accounts.create_tenant(store, "vision", 1, 0, 0)
+    accounts.create_tenant(store, "audio", 1, 0, 0)
+    return store
+
+
+def volume_files(tenant: str) -> list[str]:
+    """Every file on disk under the tenant's volumes, temporary ones included."""
+    root = Path(storage.tenant_url(tenant, "volumes"))
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def make_folder(root: Path, files: dict[str, bytes]) -> Path:
+    """A folder of these files under root (names may hold subfolders)."""
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
