@@ -9,13 +9,6 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class MountIn(_Body):
-    """A volume and where a sandbox sees it."""
-
-    id: int
-    path: str = Field("/data", max_length=200)
-
-
 class TenantIn(_Body):
     name: str
     cpus: float = Field(description="CPUs to reserve (at least 1)")

@@ -1,24 +1,27 @@
-"""A model's training options, as stored with it: what `ncloud model train` and the API
-accept, checked in jobs.training.submit."""
+"""A model's training options, as stored with it: a `TrainRequest` (ncloud.bodies) once
+jobs.training.submit has checked it and settled epochs, batch size and mounts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from ncloud.bodies import default
+
 
 @dataclass(frozen=True)
 class TrainOptions:
     epochs: int
     batch_size: int
-    workers: int = 1
-    gpus: int = 0
-    validation_percent: float = 0.0
-    max_restarts: int = 3
-    checkpoint_every: int = 1
-    keep_checkpoints: int = 3
-    priority: int = 0
-    seed: int = 0
+    # defaults: a stored model from before an option existed; declared in ncloud.bodies
+    workers: int = default("workers")
+    gpus: int = default("gpus")
+    validation_percent: float = default("validation_percent")
+    max_restarts: int = default("max_restarts")
+    checkpoint_every: int = default("checkpoint_every")
+    keep_checkpoints: int = default("keep_checkpoints")
+    priority: int = default("priority")
+    seed: int = default("seed")
     # [{"id": volume id, "path": where the sandbox sees it}]; read-write, saved back after
     volumes: tuple[dict[str, Any], ...] = ()
 

@@ -24,6 +24,7 @@ from jobs.datasets.linked import ensure_cached
 from jobs.models.specs import parse_spec
 from jobs.training.config import TrainConfig, progress_line
 from jobs.training.trainer import train
+from ncloud.bodies import DEFAULT_BATCH, DEFAULT_EPOCHS, default, describe
 from ncloud.errors import InvalidInput, NcloudError
 from ncloud.settings import settings
 
@@ -70,6 +71,10 @@ def _dataset(manifest: str, out: Path | None) -> str:
     return ensure_cached(url, out / "data" if out is not None else None)
 
 
+def _help(name: str) -> str:
+    return describe(name).replace("%", "%%")  # argparse formats help with %
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.training", description=__doc__.splitlines()[0])
     p.add_argument("--spec", required=True, help="the network: a .yaml or .py spec file")
@@ -78,15 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--validation-percent",
         type=float,
-        default=0.0,
-        help="without --valid-manifest: hold out this fraction (0.2 = 20%%)",
+        default=default("validation_percent"),
+        help=_help("validation_percent"),
     )
-    p.add_argument("-e", "--epochs", type=int, help="epochs (default: the spec's, else 10)")
-    p.add_argument("-z", "--batch-size", type=int, help="default: the spec's, else 64")
+    p.add_argument("-e", "--epochs", type=int, help=_help("epochs"))
+    p.add_argument("-z", "--batch-size", type=int, help=_help("batch_size"))
     p.add_argument("--out", type=Path, help="where checkpoints, meta.json and model.pt go")
-    p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--gpus", type=int, default=default("gpus"), help=_help("gpus"))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=default("seed"), help=_help("seed"))
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     return p
 
@@ -109,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
         train_url=_dataset(args.manifest, args.out),
         valid_url=_dataset(args.valid_manifest, args.out) if args.valid_manifest else None,
         validation_percent=args.validation_percent,
-        epochs=args.epochs or spec.epochs or 10,
-        batch_size=args.batch_size or spec.batch_size or 64,
+        epochs=args.epochs or spec.epochs or DEFAULT_EPOCHS,
+        batch_size=args.batch_size or spec.batch_size or DEFAULT_BATCH,
         run_url=str(Path(out).resolve()),
         resume=args.resume,
         gpus=args.gpus,

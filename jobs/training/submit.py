@@ -7,7 +7,6 @@ and classes (a `.py` spec in a subprocess: user code never runs in the API serve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,43 +23,18 @@ from jobs.sandbox.check import check_spec
 from jobs.sandbox.policy import DEFAULT_DATA, check_mounts
 from jobs.training import queue
 from jobs.volumes import state as volumes
+from ncloud.bodies import DEFAULT_BATCH, DEFAULT_EPOCHS, TrainRequest
 from ncloud.errors import Conflict, InvalidInput
 
-DEFAULT_EPOCHS = 10
-DEFAULT_BATCH = 64
 KIND_DTYPES = {"image": np.uint8, "audio": np.int16, "features": np.float32, "text": np.uint8}
 
 
-@dataclass(frozen=True)
-class Submission:
-    name: str
-    spec_name: str
-    spec_text: str
-    train_dataset: int
-    valid_dataset: int | None = None
-    validation_percent: float = 0.0
-    epochs: int | None = None
-    batch_size: int | None = None
-    workers: int = 1
-    gpus: int = 0
-    volume: int | None = None  # one volume at /data (what `volumes` says, for older clients)
-    volumes: list[dict[str, Any]] | None = None  # [{"id", "path"}], each read-write
-    priority: int = 0
-    max_restarts: int = 3
-    checkpoint_every: int = 1
-    keep_checkpoints: int = 3
-    seed: int = 0
-
-
-def _mounts(store: Store, tenant: str, s: Submission) -> list[tuple[int, str]]:
+def _mounts(store: Store, tenant: str, s: TrainRequest) -> list[tuple[int, str]]:
     """The run's volumes and where each is mounted, checked; each must be the tenant's."""
     if s.volume is not None and s.volumes:
         raise InvalidInput("give volume or volumes, not both")
     wanted = [(s.volume, DEFAULT_DATA)] if s.volume is not None else []
-    for v in s.volumes or []:
-        if not isinstance(v, dict) or type(v.get("id")) is not int:
-            raise InvalidInput(f"a volume is {{'id': ID, 'path': '/data'}}, not {v!r}")
-        wanted.append((v["id"], str(v.get("path") or DEFAULT_DATA)))
+    wanted += [(v.id, v.path or DEFAULT_DATA) for v in s.volumes]
     check_mounts(wanted)
     for volume_id, _ in wanted:
         volumes.get_volume(store, tenant, volume_id)  # another tenant's id: 404
@@ -94,7 +68,7 @@ def dataset_shape(
     return n, tuple(int(d) for d in out.shape[1:])
 
 
-def submit(store: Store, tenant: str, s: Submission) -> tuple[models.Model, models.Run]:
+def submit(store: Store, tenant: str, s: TrainRequest) -> tuple[models.Model, models.Run]:
     spec = specs.parse_spec(s.spec_name, s.spec_text)
     epochs = s.epochs if s.epochs is not None else spec.epochs or DEFAULT_EPOCHS
     batch = s.batch_size if s.batch_size is not None else spec.batch_size or DEFAULT_BATCH

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ncloud.bodies import default, describe
 from ncloud.cli import common
 from ncloud.cli.common import OutputOpt, YesOpt, confirm
 from ncloud.errors import InvalidInput, NcloudError, UsageError
@@ -83,12 +84,18 @@ def parse_datasets(value: str) -> dict[str, int]:
 def train(
     spec: Annotated[Path | None, typer.Argument(help="The network: a .yaml or .py file.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="train:ID[,valid:ID]")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", "-e")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", "-z")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", "-e", help=describe("epochs"))] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-z", help=describe("batch_size"))
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", "-n")] = None,
-    validation_percent: Annotated[float, typer.Option("--validation-percent")] = 0.0,
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Data-parallel workers.")] = 1,
-    gpus: Annotated[int, typer.Option("--gpus", "-g", help="GPUs per worker.")] = 0,
+    validation_percent: Annotated[
+        float, typer.Option("--validation-percent", help=describe("validation_percent"))
+    ] = default("validation_percent"),
+    workers: Annotated[int, typer.Option("--workers", "-w", help=describe("workers"))] = default(
+        "workers"
+    ),
+    gpus: Annotated[int, typer.Option("--gpus", "-g", help=describe("gpus"))] = default("gpus"),
     volume: Annotated[
         list[str] | None,
         typer.Option(
@@ -97,10 +104,19 @@ def train(
             help="ID[:PATH], repeatable: a volume mounted read-write at PATH (default /data).",
         ),
     ] = None,
-    priority: Annotated[int, typer.Option("--priority", help="Higher runs first.")] = 0,
-    max_restarts: Annotated[int, typer.Option("--max-restarts")] = 3,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 1,
-    keep: Annotated[int, typer.Option("--keep-checkpoints")] = 3,
+    priority: Annotated[int, typer.Option("--priority", help=describe("priority"))] = default(
+        "priority"
+    ),
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", help=describe("max_restarts"))
+    ] = default("max_restarts"),
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help=describe("checkpoint_every"))
+    ] = default("checkpoint_every"),
+    keep: Annotated[
+        int, typer.Option("--keep-checkpoints", help=describe("keep_checkpoints"))
+    ] = default("keep_checkpoints"),
+    seed: Annotated[int, typer.Option("--seed", help=describe("seed"))] = default("seed"),
     resume_id: Annotated[
         int | None, typer.Option("--resume", "-i", help="Resume model ID.")
     ] = None,
@@ -132,6 +148,7 @@ def train(
         max_restarts=max_restarts,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep,
+        seed=seed,
     )
     _submitted(found, follow, output)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ncloud.bodies import TrainRequest
 from ncloud.client.transport import Transport
 
 
@@ -17,8 +18,11 @@ class Models:
     def train(
         self, name: str, spec_name: str, spec_text: str, train_dataset: int, **options: Any
     ) -> Any:
-        """Queue a training run; options: valid_dataset, validation_percent, epochs, batch_size,
-        workers, gpus, volume, priority, max_restarts, checkpoint_every, keep_checkpoints, seed."""
+        """Queue a training run; `options` are TrainRequest's fields (ncloud.bodies), None for
+        the server's default."""
+        unknown = sorted(set(options) - set(TrainRequest.model_fields))
+        if unknown:
+            raise TypeError(f"train() got unknown options: {', '.join(unknown)}")
         body = {
             "name": name,
             "spec_name": spec_name,

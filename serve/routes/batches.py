@@ -24,6 +24,7 @@ from jobs.models import state as models
 from jobs.sandbox.policy import check_mounts
 from jobs.training import submit as training
 from jobs.volumes import state as volumes
+from ncloud.bodies import MAX_MOUNTS, Mount
 from ncloud.errors import Conflict, PayloadTooLarge
 from ncloud.manifest import parse_manifest
 from ncloud.settings import settings
@@ -31,7 +32,6 @@ from ncloud.validation import format_size, parse_mount
 from serve.auth import Caller
 from serve.deps import caller, control, store
 from serve.routes.datasets import named_files
-from serve.schemas import MountIn
 from serve.uploads import receive_file
 
 router = APIRouter()
@@ -44,7 +44,7 @@ class BatchIn(BaseModel):
     dataset: int
     k: int = predictor.DEFAULT_K
     format: str = "csv"
-    volumes: list[MountIn] = Field(default_factory=list, max_length=8)
+    volumes: list[Mount] = Field(default_factory=list, max_length=MAX_MOUNTS)
 
 
 def _volumes(tenant: str, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:

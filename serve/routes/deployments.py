@@ -15,13 +15,13 @@ from ray import serve
 
 from jobs.models import deployments
 from jobs.models import state as models
+from ncloud.bodies import MAX_MOUNTS, Mount
 from ncloud.errors import Conflict
 from ncloud.protocol import host_of
 from serve.auth import Caller
 from serve.deployments.requests import authorize
 from serve.deps import caller, control, store
 from serve.errors import install_error_handlers
-from serve.schemas import MountIn
 
 router = APIRouter()
 DEFAULTS = deployments.Batching()
@@ -40,7 +40,7 @@ class DeployIn(BaseModel):
     max_queue: int = Field(
         DEFAULTS.max_queue, ge=1, le=100_000, description="inputs waiting in a replica before 503"
     )
-    volumes: list[MountIn] = Field(default_factory=list, max_length=8)
+    volumes: list[Mount] = Field(default_factory=list, max_length=MAX_MOUNTS)
 
 
 def _with_url(request: Request, found: dict[str, Any]) -> dict[str, Any]:

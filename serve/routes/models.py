@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from cluster.core import storage
@@ -16,35 +16,13 @@ from jobs.models import checkpoints, deployments, metrics, removal
 from jobs.models import state as models
 from jobs.models.state import RunStatus
 from jobs.training import submit as training
+from ncloud.bodies import TrainRequest
 from ncloud.errors import InvalidInput, NotFound
 from serve.auth import Caller
 from serve.deps import caller, control, store
-from serve.schemas import MountIn
 
 router = APIRouter()
 STOP_WAIT_S = 45.0
-
-
-class TrainIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    spec_name: str
-    spec_text: str = Field(max_length=512 * 1024)
-    train_dataset: int
-    valid_dataset: int | None = None
-    validation_percent: float = 0.0
-    epochs: int | None = None
-    batch_size: int | None = None
-    workers: int = Field(1, ge=1, le=64)
-    gpus: int = Field(0, ge=0, le=8)
-    volume: int | None = None
-    volumes: list[MountIn] = Field(default_factory=list, max_length=8)
-    priority: int = Field(0, ge=-100, le=100)
-    max_restarts: int = Field(3, ge=0, le=100)
-    checkpoint_every: int = Field(1, ge=1)
-    keep_checkpoints: int = Field(3, ge=1, le=100)
-    seed: int = 0
 
 
 class ResumeIn(BaseModel):
@@ -93,9 +71,9 @@ def describe(
 
 
 @router.post("/models", status_code=201)
-def train(body: TrainIn, c: Caller = Depends(caller)) -> dict[str, Any]:
+def train(body: TrainRequest, c: Caller = Depends(caller)) -> dict[str, Any]:
     tenant = c.require_tenant()
-    model, run = training.submit(store(), tenant, training.Submission(**body.model_dump()))
+    model, run = training.submit(store(), tenant, body)
     control().call("wake")
     return describe(model, run)
 
