@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI
 
 import ncloud
 from cluster.core import accounts, tokens
+from ncloud import responses
 from ncloud.errors import InvalidInput, NotFound
 from ncloud.settings import settings
 from ncloud.validation import check_name, parse_size
@@ -26,7 +27,7 @@ from serve.schemas import TenantIn, TenantPatch, TokenIn, UserIn, UserPatch
 log = logging.getLogger("ncloud.api")
 
 
-def _user(u: accounts.User) -> dict[str, Any]:
+def _user(u: accounts.User) -> responses.User:
     return {
         "email": u.email,
         "admin": u.is_admin,
@@ -35,7 +36,7 @@ def _user(u: accounts.User) -> dict[str, Any]:
     }
 
 
-def _tenant(t: accounts.Tenant) -> dict[str, Any]:
+def _tenant(t: accounts.Tenant) -> responses.Tenant:
     return {
         "name": t.name,
         "cpus": t.cpus,
@@ -77,13 +78,13 @@ def create_tenant(body: TenantIn, c: Caller = Depends(caller)) -> dict[str, Any]
 
 
 @router.get("/tenants")
-def list_tenants(c: Caller = Depends(caller)) -> list[dict[str, Any]]:
+def list_tenants(c: Caller = Depends(caller)) -> list[responses.Tenant]:
     found = accounts.list_tenants(store())
     return [_tenant(t) for t in found if c.user.is_admin or t.name in c.user.tenants]
 
 
 @router.get("/tenants/{name}")
-def show_tenant(name: str, c: Caller = Depends(caller)) -> dict[str, Any]:
+def show_tenant(name: str, c: Caller = Depends(caller)) -> responses.TenantDetail:
     if not c.user.is_admin and name not in c.user.tenants:
         raise NotFound(f"no tenant {name!r}")
     tenant = accounts.get_tenant(store(), name)
@@ -115,27 +116,27 @@ def delete_tenant(name: str, force: bool = False, c: Caller = Depends(caller)) -
 
 
 @router.post("/users", status_code=201)
-def create_user(body: UserIn, c: Caller = Depends(caller)) -> dict[str, Any]:
+def create_user(body: UserIn, c: Caller = Depends(caller)) -> responses.NewUser:
     c.require_admin()
     user, token = accounts.create_user(store(), body.email, body.tenants, body.admin)
     return {**_user(user), "token": token}
 
 
 @router.get("/users")
-def list_users(tenant: str | None = None, c: Caller = Depends(caller)) -> list[dict[str, Any]]:
+def list_users(tenant: str | None = None, c: Caller = Depends(caller)) -> list[responses.User]:
     c.require_admin()
     return [_user(u) for u in accounts.list_users(store(), tenant)]
 
 
 @router.get("/users/{email}")
-def show_user(email: str, c: Caller = Depends(caller)) -> dict[str, Any]:
+def show_user(email: str, c: Caller = Depends(caller)) -> responses.User:
     if not c.user.is_admin and email.lower() != c.user.email:
         c.require_admin()
     return _user(accounts.get_user(store(), email))
 
 
 @router.patch("/users/{email}")
-def modify_user(email: str, body: UserPatch, c: Caller = Depends(caller)) -> dict[str, Any]:
+def modify_user(email: str, body: UserPatch, c: Caller = Depends(caller)) -> responses.User:
     c.require_admin()
     return _user(
         accounts.modify_user(store(), email, body.add_tenants, body.remove_tenants, body.admin)
@@ -143,7 +144,7 @@ def modify_user(email: str, body: UserPatch, c: Caller = Depends(caller)) -> dic
 
 
 @router.delete("/users/{email}")
-def delete_user(email: str, c: Caller = Depends(caller)) -> dict[str, Any]:
+def delete_user(email: str, c: Caller = Depends(caller)) -> responses.User:
     c.require_admin()
     if email.lower() == c.user.email:
         raise InvalidInput("you cannot remove yourself; ask another admin")
@@ -154,13 +155,13 @@ def delete_user(email: str, c: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.post("/tokens", status_code=201)
-def create_token(body: TokenIn, c: Caller = Depends(caller)) -> dict[str, Any]:
+def create_token(body: TokenIn, c: Caller = Depends(caller)) -> responses.NewToken:
     token = tokens.create_token(store(), c.user, body.name)
     return {"id": token.split("_")[1], "name": body.name, "token": token}
 
 
 @router.get("/tokens")
-def list_tokens(c: Caller = Depends(caller)) -> list[dict[str, Any]]:
+def list_tokens(c: Caller = Depends(caller)) -> list[responses.Token]:
     return [
         {
             "id": t.id,

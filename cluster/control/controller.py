@@ -20,6 +20,7 @@ from cluster.control import schema
 from cluster.core import accounts, reservations
 from cluster.core.reservations import Resources
 from cluster.core.store import open_store
+from ncloud import responses
 from ncloud.errors import Conflict, NcloudError, NotFound
 from ncloud.settings import settings
 
@@ -113,7 +114,7 @@ class Controller:
         """Move the dataset to Ingesting and ingest it in the background."""
         from jobs.datasets import state as datasets
 
-        def run() -> dict[str, Any]:
+        def run() -> responses.Dataset:
             running = self.ingests.get(dataset_id)
             if running is not None and running.is_alive():
                 raise Conflict(f"dataset {dataset_id} is being ingested already")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from cluster.core.store import Store
 from jobs.batches import runner as batch_runner
 from jobs.batches import state as batches
 from jobs.batches.state import BatchStatus
+from ncloud import responses
 from ncloud.errors import Conflict
 
 log = logging.getLogger("ncloud.batching")
@@ -45,7 +45,7 @@ class Batching:
         self.threads[batch_id] = worker
         worker.start()
 
-    def start(self, tenant: str, batch_id: int) -> dict[str, Any]:
+    def start(self, tenant: str, batch_id: int) -> responses.Batch:
         """Run a Queued batch in the background (once); answers with the batch as it is now."""
         with self.lock:
             batch = batches.get(self.store, tenant, batch_id)

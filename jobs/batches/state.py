@@ -29,6 +29,7 @@ from sqlalchemy import (
 
 from cluster.core import accounts, storage, transitions
 from cluster.core.store import Store, metadata, utcnow
+from ncloud import responses
 from ncloud.errors import InvalidInput, NotFound
 
 FORMATS = ("csv", "jsonl")
@@ -121,7 +122,7 @@ class Batch:
     def result_url(self) -> str:
         return storage.join(self.url, self.result_name)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> responses.Batch:
         return {
             "id": self.id,
             "model": self.model_id,
@@ -135,7 +136,7 @@ class Batch:
             "bad_rows": self.bad_rows,
             "error": self.error,
             "result": self.result,
-            "volumes": [dict(v) for v in self.volumes],
+            "volumes": [{"id": int(v["id"]), "path": str(v["path"])} for v in self.volumes],
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }

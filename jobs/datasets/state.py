@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cluster.core import accounts, storage, transitions
 from cluster.core.store import Store, metadata, utcnow
+from ncloud import responses
 from ncloud.errors import Conflict, NotFound
 from ncloud.validation import check_name
 
@@ -110,7 +111,7 @@ class Dataset:
             return self.link_url
         return storage.join(self.raw_url, self.manifest_name)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> responses.Dataset:
         status = self.status.value
         if self.status is DatasetStatus.INGESTING and self.progress_total:
             status = f"Ingesting {self.progress_done}/{self.progress_total}"

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from cluster.core import accounts, transitions
 from cluster.core.store import Store, metadata, utcnow
 from jobs.models import state as models
+from ncloud import responses
 from ncloud.errors import Conflict, Unauthenticated
 
 
@@ -125,14 +126,18 @@ class Deployment:
     def app_name(self) -> str:
         return app_name(self.model_id)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> responses.Deployment:
+        b = self.batching
         return {
             "model": self.model_id,
             "status": self.status.value,
             "replicas": self.replicas,
             "gpus": self.gpus,
             "checkpoint": self.checkpoint,
-            **asdict(self.batching),
+            "max_batch": b.max_batch,
+            "batch_wait_ms": b.batch_wait_ms,
+            "max_queue": b.max_queue,
+            "volumes": [{"id": int(v["id"]), "path": str(v["path"])} for v in b.volumes],
             "route": route(self.model_id),
             "token_active": self.has_token,
             "error": self.error,

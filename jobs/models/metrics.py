@@ -22,6 +22,7 @@ from sqlalchemy import (
 from cluster.core import accounts
 from cluster.core.store import Store, metadata, utcnow
 from jobs.models import state as models
+from ncloud import responses
 
 METRIC_KEYS = ("train_loss", "valid_loss", "valid_accuracy", "samples_per_s", "epoch_s")
 
@@ -120,7 +121,7 @@ def add_lines(store: Store, run: models.Run, tenant_id: int, lines: list[str]) -
 
 def lines(
     store: Store, tenant: str, model_id: int, after: int = 0, limit: int = 1000
-) -> list[dict[str, Any]]:
+) -> list[responses.LogLine]:
     """Log lines with id > after, oldest first: [{id, attempt, line}]; the tenant's only."""
     with store.read() as conn:
         rows = conn.execute(

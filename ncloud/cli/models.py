@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ncloud import responses
 from ncloud.bodies import default, describe
 from ncloud.cli import common
 from ncloud.cli.common import OutputOpt, YesOpt, confirm
@@ -153,7 +154,7 @@ def train(
     _submitted(found, follow, output)
 
 
-def _submitted(found: dict[str, Any], follow: bool, output: Output) -> None:
+def _submitted(found: responses.Model, follow: bool, output: Output) -> None:
     render(found, COLUMNS if output == Output.table else None, output)
     model_id = found["id"]
     if follow:
@@ -207,8 +208,9 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, digits.get(k, 4)) if isinstance(v, float) else v for k, v in row.items()}
 
 
-def _all_lines(model_id: int) -> list[dict[str, Any]]:
-    models, after, found = common.client().models, 0, []
+def _all_lines(model_id: int) -> list[responses.LogLine]:
+    models, after = common.client().models, 0
+    found: list[responses.LogLine] = []
     while batch := models.logs(model_id, after)["lines"]:
         found += batch
         after = batch[-1]["id"]

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ncloud import responses
 from ncloud.cli import common
 from ncloud.cli.common import OutputOpt, YesOpt, confirm
 from ncloud.errors import InvalidInput, NcloudError, UsageError
@@ -25,7 +26,7 @@ FILE_COLUMNS = ["path", "bytes"]
 VolumeId = Annotated[int, typer.Argument(help="Volume id (ncloud volume ls).")]
 
 
-def _summary(volume: dict[str, Any]) -> dict[str, Any]:
+def _summary(volume: responses.VolumeDetail) -> dict[str, Any]:
     return {k: v for k, v in volume.items() if k != "file_list"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ncloud import responses
 from ncloud.client.transport import JSON, Transport
 
 
@@ -16,11 +17,11 @@ class Tenants:
             "POST", "/tenants", json={"name": name, "cpus": cpus, "gpus": gpus, "memory": memory}
         )
 
-    def list(self) -> JSON:
-        return self._c.request("GET", "/tenants")
+    def list(self) -> list[responses.Tenant]:
+        return self._c.call(list[responses.Tenant], "GET", "/tenants")
 
-    def show(self, name: str) -> JSON:
-        return self._c.request("GET", f"/tenants/{name}")
+    def show(self, name: str) -> responses.TenantDetail:
+        return self._c.call(responses.TenantDetail, "GET", f"/tenants/{name}")
 
     def modify(
         self,
@@ -42,16 +43,21 @@ class Users:
     def __init__(self, client: Transport) -> None:
         self._c = client
 
-    def add(self, email: str, tenants: list[str], admin: bool = False) -> JSON:
-        return self._c.request(
-            "POST", "/users", json={"email": email, "tenants": tenants, "admin": admin}
+    def add(self, email: str, tenants: list[str], admin: bool = False) -> responses.NewUser:
+        return self._c.call(
+            responses.NewUser,
+            "POST",
+            "/users",
+            json={"email": email, "tenants": tenants, "admin": admin},
         )
 
-    def list(self, tenant: str | None = None) -> JSON:
-        return self._c.request("GET", "/users", params={"tenant": tenant} if tenant else None)
+    def list(self, tenant: str | None = None) -> list[responses.User]:
+        return self._c.call(
+            list[responses.User], "GET", "/users", params={"tenant": tenant} if tenant else None
+        )
 
-    def show(self, email: str) -> JSON:
-        return self._c.request("GET", f"/users/{email}")
+    def show(self, email: str) -> responses.User:
+        return self._c.call(responses.User, "GET", f"/users/{email}")
 
     def modify(
         self,
@@ -59,8 +65,9 @@ class Users:
         add_tenants: Sequence[str] | None = None,
         remove_tenants: Sequence[str] | None = None,
         admin: bool | None = None,
-    ) -> JSON:
-        return self._c.request(
+    ) -> responses.User:
+        return self._c.call(
+            responses.User,
             "PATCH",
             f"/users/{email}",
             json={
@@ -70,19 +77,19 @@ class Users:
             },
         )
 
-    def remove(self, email: str) -> JSON:
-        return self._c.request("DELETE", f"/users/{email}")
+    def remove(self, email: str) -> responses.User:
+        return self._c.call(responses.User, "DELETE", f"/users/{email}")
 
 
 class Tokens:
     def __init__(self, client: Transport) -> None:
         self._c = client
 
-    def create(self, name: str = "cli") -> JSON:
-        return self._c.request("POST", "/tokens", json={"name": name})
+    def create(self, name: str = "cli") -> responses.NewToken:
+        return self._c.call(responses.NewToken, "POST", "/tokens", json={"name": name})
 
-    def list(self) -> JSON:
-        return self._c.request("GET", "/tokens")
+    def list(self) -> list[responses.Token]:
+        return self._c.call(list[responses.Token], "GET", "/tokens")
 
     def revoke(self, token_id: str) -> JSON:
         return self._c.request("DELETE", f"/tokens/{token_id}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ncloud import responses
 from ncloud.client.transport import Transport
 
 
@@ -14,26 +15,31 @@ class Datasets:
     def __init__(self, client: Transport) -> None:
         self._c = client
 
-    def create(self, name: str, manifest: bytes, manifest_name: str = "manifest.tsv") -> Any:
+    def create(
+        self, name: str, manifest: bytes, manifest_name: str = "manifest.tsv"
+    ) -> responses.NewDataset:
         """Register an upload (or resume one); returns the files still needed and present."""
-        return self._c.request(
+        return self._c.call(
+            responses.NewDataset,
             "POST",
             "/datasets",
             content=manifest,
             params={"name": name, "manifest_name": manifest_name},
         )
 
-    def link(self, name: str, url: str) -> Any:
-        return self._c.request("POST", "/datasets/link", json={"name": name, "url": url})
+    def link(self, name: str, url: str) -> responses.Dataset:
+        return self._c.call(
+            responses.Dataset, "POST", "/datasets/link", json={"name": name, "url": url}
+        )
 
-    def list(self) -> Any:
-        return self._c.request("GET", "/datasets")
+    def list(self) -> list[responses.Dataset]:
+        return self._c.call(list[responses.Dataset], "GET", "/datasets")
 
-    def show(self, dataset_id: int) -> Any:
-        return self._c.request("GET", f"/datasets/{dataset_id}")
+    def show(self, dataset_id: int) -> responses.Dataset:
+        return self._c.call(responses.Dataset, "GET", f"/datasets/{dataset_id}")
 
-    def remove(self, dataset_id: int) -> Any:
-        return self._c.request("DELETE", f"/datasets/{dataset_id}")
+    def remove(self, dataset_id: int) -> responses.Dataset:
+        return self._c.call(responses.Dataset, "DELETE", f"/datasets/{dataset_id}")
 
     def files(self, dataset_id: int) -> Any:
         return self._c.request("GET", f"/datasets/{dataset_id}/files")
@@ -41,8 +47,8 @@ class Datasets:
     def put_file(self, dataset_id: int, name: str, chunks: Iterator[bytes], size: int) -> Any:
         return self._c.put_file(f"/datasets/{dataset_id}/files/{quote(name)}", chunks, size)
 
-    def ingest(self, dataset_id: int) -> Any:
-        return self._c.request("POST", f"/datasets/{dataset_id}/ingest")
+    def ingest(self, dataset_id: int) -> responses.Dataset:
+        return self._c.call(responses.Dataset, "POST", f"/datasets/{dataset_id}/ingest")
 
     def download_file(self, dataset_id: int, name: str, dest: Path) -> int:
         return self._c.stream_download(f"/datasets/{dataset_id}/files/{quote(name)}", dest)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar, cast
 
 import httpx
 
@@ -13,6 +13,7 @@ from ncloud.errors import ServerUnreachable, error_from_body
 from ncloud.protocol import DEPLOYMENT_PREFIX, TENANT_HEADER, host_of
 
 JSON = Any
+T = TypeVar("T")
 
 
 class Transport:
@@ -63,6 +64,11 @@ class Transport:
                 f"cannot reach ncloud at {host}: is it running? (ncloud server start)"
             ) from exc
         return self._parse(response)
+
+    def call(self, answer: type[T], method: str, path: str, **kw: Any) -> T:
+        """`request`, its answer typed as one of ncloud.responses (which the server validates
+        each answer against)."""
+        return cast(T, self.request(method, path, **kw))
 
     def _parse(self, response: httpx.Response) -> JSON:
         try:

@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from ncloud import responses
 from ncloud.client.transport import Transport
 from ncloud.errors import InvalidInput
 
@@ -35,15 +36,15 @@ class Volumes:
     def __init__(self, client: Transport) -> None:
         self._c = client
 
-    def create(self, name: str) -> JSON:
-        return self._c.request("POST", "/volumes", json={"name": name})
+    def create(self, name: str) -> responses.Volume:
+        return self._c.call(responses.Volume, "POST", "/volumes", json={"name": name})
 
-    def list(self) -> JSON:
-        return self._c.request("GET", "/volumes")
+    def list(self) -> list[responses.Volume]:
+        return self._c.call(list[responses.Volume], "GET", "/volumes")
 
-    def show(self, volume_id: int) -> JSON:
+    def show(self, volume_id: int) -> responses.VolumeDetail:
         """The volume with its file_list: [{path, bytes}, ...]."""
-        return self._c.request("GET", f"/volumes/{int(volume_id)}")
+        return self._c.call(responses.VolumeDetail, "GET", f"/volumes/{int(volume_id)}")
 
     def remove(self, volume_id: int) -> JSON:
         return self._c.request("DELETE", f"/volumes/{int(volume_id)}")

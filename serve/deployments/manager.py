@@ -26,6 +26,7 @@ from jobs.models.deployments import DeploymentStatus
 from jobs.sandbox.policy import check_mounts
 from jobs.training import queue
 from jobs.volumes import state as volumes
+from ncloud import responses
 from ncloud.errors import Conflict, InvalidInput, QuotaExceeded
 
 log = logging.getLogger("ncloud.serving")
@@ -57,7 +58,7 @@ class Serving:
         gpus: int,
         checkpoint: int | None,
         batching: deployments.Batching,
-    ) -> dict[str, Any]:
+    ) -> responses.Deployment:
         if gpus and replicas > 1:
             raise InvalidInput(
                 f"a GPU deployment runs one replica; asked for {replicas}. Serve gives all "
@@ -158,7 +159,7 @@ class Serving:
         self.clear_gpu_bundle(dep.tenant, dep.model_id, dep.placement[0])
         return reservations.gpu_resources(str(group["id"]), dep.placement[0], dep.gpus)
 
-    def undeploy(self, tenant: str, model_id: int) -> dict[str, Any]:
+    def undeploy(self, tenant: str, model_id: int) -> responses.Deployment:
         dep = deployments.get(self.store, tenant, model_id)
         if dep.status in (DeploymentStatus.UNDEPLOYED, DeploymentStatus.UNDEPLOYING):
             raise Conflict(f"model {model_id} is not deployed ({dep.status.value})")

@@ -24,6 +24,7 @@ from jobs.models import state as models
 from jobs.sandbox.policy import check_mounts
 from jobs.training import submit as training
 from jobs.volumes import state as volumes
+from ncloud import responses
 from ncloud.bodies import MAX_MOUNTS, Mount
 from ncloud.errors import Conflict, PayloadTooLarge
 from ncloud.manifest import parse_manifest
@@ -63,12 +64,12 @@ def usable_model(tenant: str, model_id: int) -> tuple[models.Model, dict[str, An
     return model, meta
 
 
-def _started(batch: Batch) -> dict[str, Any]:
+def _started(batch: Batch) -> responses.Batch:
     return control().call("start_batch", batch.tenant, batch.id)  # type: ignore[no-any-return]
 
 
 @router.post("/batches", status_code=201)
-def predict_dataset(body: BatchIn, c: Caller = Depends(caller)) -> dict[str, Any]:
+def predict_dataset(body: BatchIn, c: Caller = Depends(caller)) -> responses.Batch:
     """Predict every row of a Ready (or linked) dataset."""
     tenant = c.require_tenant()
     batches.check_options(body.k, body.format)
@@ -91,7 +92,7 @@ async def upload_manifest(
     format: str = "csv",
     volume: list[str] = Query([], description="ID or ID:PATH, repeatable (read-only)"),
     c: Caller = Depends(caller),
-) -> dict[str, Any]:
+) -> responses.NewBatch:
     """Register a batch over a new manifest (the body); PUT the files it names, then start."""
     tenant = c.require_tenant()
     batches.check_options(k, format)
@@ -105,7 +106,7 @@ async def upload_manifest(
     batch_predict.manifest_input(manifest, str(meta.get("kind", "image")))
     needed = named_files(manifest)
 
-    def register() -> dict[str, Any]:
+    def register() -> responses.NewBatch:
         batch = batches.create(
             store(),
             tenant,
@@ -132,7 +133,7 @@ def _uploading(tenant: str, batch_id: int) -> Batch:
 @router.put("/batches/{batch_id}/files/{path:path}")
 async def upload_file(
     batch_id: int, path: str, request: Request, c: Caller = Depends(caller)
-) -> dict[str, Any]:
+) -> responses.FileSize:
     tenant = c.require_tenant()
     relative = storage.relative_name(path)
     batch = await run_in_threadpool(_uploading, tenant, batch_id)
@@ -141,7 +142,7 @@ async def upload_file(
 
 
 @router.post("/batches/{batch_id}/start", status_code=202)
-def start(batch_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+def start(batch_id: int, c: Caller = Depends(caller)) -> responses.Batch:
     """Queue an uploaded batch; files never uploaded become bad rows of its result."""
     tenant = c.require_tenant()
     _uploading(tenant, batch_id)
@@ -149,12 +150,12 @@ def start(batch_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.get("/batches")
-def list_batches(c: Caller = Depends(caller)) -> list[dict[str, Any]]:
+def list_batches(c: Caller = Depends(caller)) -> list[responses.Batch]:
     return [b.as_json() for b in batches.list_all(store(), c.require_tenant())]
 
 
 @router.get("/batches/{batch_id}")
-def show_batch(batch_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+def show_batch(batch_id: int, c: Caller = Depends(caller)) -> responses.Batch:
     return batches.get(store(), c.require_tenant(), batch_id).as_json()
 
 

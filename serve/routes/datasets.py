@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import posixpath
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -13,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from cluster.core import storage
 from jobs.datasets import state as datasets
 from jobs.datasets.state import Dataset, DatasetStatus
+from ncloud import responses
 from ncloud.errors import Conflict, InvalidInput, PayloadTooLarge
 from ncloud.manifest import Manifest, file_columns, parse_manifest, read_manifest
 from ncloud.settings import settings
@@ -50,7 +50,7 @@ def _manifest_name(value: str) -> str:
 @router.post("/datasets", status_code=201)
 async def create_dataset(
     request: Request, name: str, manifest_name: str = "manifest.tsv", c: Caller = Depends(caller)
-) -> dict[str, Any]:
+) -> responses.NewDataset:
     """Register an upload: the body is the manifest; it is checked before anything is stored."""
     tenant = c.require_tenant()
     check_name(name, "dataset name")
@@ -61,7 +61,7 @@ async def create_dataset(
     manifest = parse_manifest(body, "/manifest-root")
     needed = named_files(manifest)
 
-    def register() -> dict[str, Any]:
+    def register() -> responses.NewDataset:
         existing = datasets.find(store(), tenant, name)
         if existing is not None and (
             existing.source != "upload" or existing.status not in UPLOADABLE
@@ -93,7 +93,7 @@ async def create_dataset(
 
 
 @router.post("/datasets/link", status_code=201)
-def link_dataset(body: LinkIn, c: Caller = Depends(caller)) -> dict[str, Any]:
+def link_dataset(body: LinkIn, c: Caller = Depends(caller)) -> responses.Dataset:
     """Register a manifest that already sits in S3; nothing is copied now."""
     tenant = c.require_tenant()
     check_name(body.name, "dataset name")
@@ -121,18 +121,18 @@ def link_dataset(body: LinkIn, c: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.get("/datasets")
-def list_datasets(c: Caller = Depends(caller)) -> list[dict[str, Any]]:
+def list_datasets(c: Caller = Depends(caller)) -> list[responses.Dataset]:
     return [d.as_json() for d in datasets.list_all(store(), c.require_tenant())]
 
 
 @router.get("/datasets/{dataset_id}")
-def show_dataset(dataset_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+def show_dataset(dataset_id: int, c: Caller = Depends(caller)) -> responses.Dataset:
     ds = datasets.get(store(), c.require_tenant(), dataset_id)
     return ds.as_json()
 
 
 @router.delete("/datasets/{dataset_id}")
-def delete_dataset(dataset_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+def delete_dataset(dataset_id: int, c: Caller = Depends(caller)) -> responses.Dataset:
     return datasets.remove(store(), c.require_tenant(), dataset_id).as_json()
 
 
@@ -146,7 +146,7 @@ def _uploadable(tenant: str, dataset_id: int) -> Dataset:
 @router.put("/datasets/{dataset_id}/files/{path:path}")
 async def upload_file(
     dataset_id: int, path: str, request: Request, c: Caller = Depends(caller)
-) -> dict[str, Any]:
+) -> responses.FileSize:
     tenant = c.require_tenant()
     relative = storage.relative_name(path)
     ds = await run_in_threadpool(_uploadable, tenant, dataset_id)
@@ -172,7 +172,7 @@ def download_file(dataset_id: int, path: str, c: Caller = Depends(caller)) -> St
 
 
 @router.post("/datasets/{dataset_id}/ingest", status_code=202)
-def ingest_dataset(dataset_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+def ingest_dataset(dataset_id: int, c: Caller = Depends(caller)) -> responses.Dataset:
     """Check every named file arrived, then ingest in the background (also: retry after Error)."""
     tenant = c.require_tenant()
     ds = _uploadable(tenant, dataset_id)

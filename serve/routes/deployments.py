@@ -15,6 +15,7 @@ from ray import serve
 
 from jobs.models import deployments
 from jobs.models import state as models
+from ncloud import responses
 from ncloud.bodies import MAX_MOUNTS, Mount
 from ncloud.errors import Conflict
 from ncloud.protocol import host_of
@@ -43,7 +44,7 @@ class DeployIn(BaseModel):
     volumes: list[Mount] = Field(default_factory=list, max_length=MAX_MOUNTS)
 
 
-def _with_url(request: Request, found: dict[str, Any]) -> dict[str, Any]:
+def _with_url(request: Request, found: responses.Deployment) -> responses.Deployment:
     base = host_of(str(request.base_url))
     return {**found, "url": f"{base}{found['route']}/predict"}
 
@@ -51,7 +52,7 @@ def _with_url(request: Request, found: dict[str, Any]) -> dict[str, Any]:
 @router.post("/models/{model_id}/deploy", status_code=201)
 def deploy(
     model_id: int, body: DeployIn, request: Request, c: Caller = Depends(caller)
-) -> dict[str, Any]:
+) -> responses.Deployment:
     tenant = c.require_tenant()
     models.get(store(), tenant, model_id)
     batching = body.model_dump(include={"max_batch", "batch_wait_ms", "max_queue", "volumes"})
@@ -62,14 +63,16 @@ def deploy(
 
 
 @router.post("/models/{model_id}/undeploy")
-def undeploy(model_id: int, request: Request, c: Caller = Depends(caller)) -> dict[str, Any]:
+def undeploy(model_id: int, request: Request, c: Caller = Depends(caller)) -> responses.Deployment:
     tenant = c.require_tenant()
     models.get(store(), tenant, model_id)
     return _with_url(request, control().call("undeploy_model", tenant, model_id))
 
 
 @router.get("/models/{model_id}/deployment")
-def deployment(model_id: int, request: Request, c: Caller = Depends(caller)) -> dict[str, Any]:
+def deployment(
+    model_id: int, request: Request, c: Caller = Depends(caller)
+) -> responses.Deployment:
     tenant = c.require_tenant()
     return _with_url(request, deployments.get(store(), tenant, model_id).as_json())
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
@@ -16,6 +15,7 @@ from jobs.models import checkpoints, deployments, metrics, removal
 from jobs.models import state as models
 from jobs.models.state import RunStatus
 from jobs.training import submit as training
+from ncloud import responses
 from ncloud.bodies import TrainRequest
 from ncloud.errors import InvalidInput, NotFound
 from serve.auth import Caller
@@ -37,7 +37,7 @@ def describe(
     run: models.Run,
     positions: dict[int, int] | None = None,
     deployed: dict[int, deployments.DeploymentStatus] | None = None,
-) -> dict[str, Any]:
+) -> responses.Model:
     """A model and its latest run; a listing passes the queue positions and deployment states
     it read once for all its models."""
     if deployed is None:
@@ -45,6 +45,7 @@ def describe(
     dep = deployed.get(model.id)
     if positions is None and run.status is RunStatus.QUEUED:
         positions = models.queue_positions(store(), run.tenant)
+    o = model.options
     return {
         "id": model.id,
         "name": model.name,
@@ -63,7 +64,15 @@ def describe(
         "train_dataset": model.train_dataset_id,
         "valid_dataset": model.valid_dataset_id,
         "volume": model.volume_id,  # the first of `volumes`
-        **{k: v for k, v in model.options.as_dict().items() if k != "epochs"},
+        "batch_size": o.batch_size,
+        "workers": o.workers,
+        "gpus": o.gpus,
+        "validation_percent": o.validation_percent,
+        "checkpoint_every": o.checkpoint_every,
+        "keep_checkpoints": o.keep_checkpoints,
+        "priority": o.priority,
+        "seed": o.seed,
+        "volumes": [{"id": int(v["id"]), "path": str(v["path"])} for v in o.volumes],
         "created_at": model.created_at.isoformat(),
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "ended_at": run.ended_at.isoformat() if run.ended_at else None,
@@ -71,7 +80,7 @@ def describe(
 
 
 @router.post("/models", status_code=201)
-def train(body: TrainRequest, c: Caller = Depends(caller)) -> dict[str, Any]:
+def train(body: TrainRequest, c: Caller = Depends(caller)) -> responses.Model:
     tenant = c.require_tenant()
     model, run = training.submit(store(), tenant, body)
     control().call("wake")
@@ -79,7 +88,7 @@ def train(body: TrainRequest, c: Caller = Depends(caller)) -> dict[str, Any]:
 
 
 @router.get("/models")
-def list_models(status: str | None = None, c: Caller = Depends(caller)) -> list[dict[str, Any]]:
+def list_models(status: str | None = None, c: Caller = Depends(caller)) -> list[responses.Model]:
     tenant = c.require_tenant()
     groups = {
         "done": {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED},
@@ -98,7 +107,7 @@ def list_models(status: str | None = None, c: Caller = Depends(caller)) -> list[
 
 
 @router.get("/models/{model_id}")
-def show_model(model_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+def show_model(model_id: int, c: Caller = Depends(caller)) -> responses.ModelDetail:
     tenant = c.require_tenant()
     model = models.get(store(), tenant, model_id)
     runs = models.list_runs(store(), tenant, model_id)
@@ -123,7 +132,7 @@ def show_model(model_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
 @router.get("/models/{model_id}/logs")
 def logs(
     model_id: int, after: int = 0, limit: int = 1000, c: Caller = Depends(caller)
-) -> dict[str, Any]:
+) -> responses.Logs:
     tenant = c.require_tenant()
     models.get(store(), tenant, model_id)
     run = models.latest_run(store(), tenant, model_id)
@@ -137,7 +146,7 @@ def logs(
 
 
 @router.post("/models/{model_id}/stop")
-async def stop(model_id: int, wait: bool = True, c: Caller = Depends(caller)) -> dict[str, Any]:
+async def stop(model_id: int, wait: bool = True, c: Caller = Depends(caller)) -> responses.Model:
     """Ask the run to checkpoint and end; with wait, answer once it has ended."""
     tenant = c.require_tenant()
     model = await run_in_threadpool(models.get, store(), tenant, model_id)
@@ -151,7 +160,7 @@ async def stop(model_id: int, wait: bool = True, c: Caller = Depends(caller)) ->
 
 
 @router.post("/models/{model_id}/resume", status_code=201)
-def resume(model_id: int, body: ResumeIn, c: Caller = Depends(caller)) -> dict[str, Any]:
+def resume(model_id: int, body: ResumeIn, c: Caller = Depends(caller)) -> responses.Model:
     tenant = c.require_tenant()
     run = training.resume(store(), tenant, model_id, body.epochs, body.checkpoint)
     control().call("wake")
@@ -159,7 +168,7 @@ def resume(model_id: int, body: ResumeIn, c: Caller = Depends(caller)) -> dict[s
 
 
 @router.delete("/models/{model_id}")
-def remove(model_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+def remove(model_id: int, c: Caller = Depends(caller)) -> responses.Removed:
     tenant = c.require_tenant()
     removed = removal.remove(store(), tenant, model_id)
     return {"id": removed.id, "name": removed.name, "removed": True}

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from jobs.volumes import state as volumes
+from ncloud import responses
 from serve.auth import Caller
 from serve.deps import caller, store
 from serve.uploads import receive_file
@@ -23,7 +24,7 @@ class VolumeIn(BaseModel):
     name: str
 
 
-def _volume(v: volumes.Volume) -> dict[str, Any]:
+def _volume(v: volumes.Volume) -> responses.Volume:
     return {
         "id": v.id,
         "name": v.name,
@@ -35,17 +36,17 @@ def _volume(v: volumes.Volume) -> dict[str, Any]:
 
 
 @router.post("/volumes", status_code=201)
-def create_volume(body: VolumeIn, c: Caller = Depends(caller)) -> dict[str, Any]:
+def create_volume(body: VolumeIn, c: Caller = Depends(caller)) -> responses.Volume:
     return _volume(volumes.create_volume(store(), c.require_tenant(), body.name))
 
 
 @router.get("/volumes")
-def list_volumes(c: Caller = Depends(caller)) -> list[dict[str, Any]]:
+def list_volumes(c: Caller = Depends(caller)) -> list[responses.Volume]:
     return [_volume(v) for v in volumes.list_volumes(store(), c.require_tenant())]
 
 
 @router.get("/volumes/{volume_id}")
-def show_volume(volume_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+def show_volume(volume_id: int, c: Caller = Depends(caller)) -> responses.VolumeDetail:
     tenant = c.require_tenant()
     found = volumes.get_volume(store(), tenant, volume_id)
     listing = volumes.list_volume_files(store(), tenant, volume_id)

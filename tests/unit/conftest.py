@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from cluster.core import accounts, storage
 from cluster.core.store import Store
+from ncloud.client import Client
 from ncloud.settings import settings
 
 
@@ -53,3 +54,36 @@ def make_folder(root: Path, files: dict[str, bytes]) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     return root
+
+
+LIMIT = 4096  # NCLOUD_MAX_FILE_BYTES for the in-process API
+
+
+@pytest.fixture
+def api(tenants: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Client]]:
+    """The real FastAPI app (no Ray), its store the test's; returns a Client factory for
+    ada (tenant vision) and bob (tenant audio)."""
+    from fastapi.testclient import TestClient
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from serve import deps
+    from serve.api import create_app
+
+    monkeypatch.setenv("NCLOUD_MAX_FILE_BYTES", str(LIMIT))
+    settings.cache_clear()
+    deps.store.cache_clear()
+    _, ada = accounts.create_user(tenants, "ada@example.com", ["vision"])
+    _, bob = accounts.create_user(tenants, "bob@example.com", ["audio"])
+    tokens = {"ada": ada, "bob": bob}
+    # Mounted where Ray Serve puts it (route prefix /api/v1).
+    app_ = Starlette(routes=[Mount("/api/v1", app=create_app())])
+
+    def make(user: str | None = "ada", tenant: str | None = None) -> Client:
+        c = Client("http://api.test", token=tokens[user] if user else None, tenant=tenant)
+        c._http = TestClient(app_, base_url=c.base_url, headers=c._http.headers)
+        return c
+
+    yield make
+    deps.store().dispose()
+    deps.store.cache_clear()

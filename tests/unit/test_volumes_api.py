@@ -6,56 +6,21 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
-from starlette.applications import Starlette
-from starlette.routing import Mount
 from typer.testing import CliRunner
 
-from cluster.core import accounts
-from cluster.core.store import Store
 from ncloud.cli import common
 from ncloud.cli.main import app, main
 from ncloud.client import Client
 from ncloud.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from ncloud.settings import settings
-from tests.unit.conftest import make_folder, volume_files
+from tests.unit.conftest import LIMIT, make_folder, volume_files
 
 runner = CliRunner()
-LIMIT = 4096  # NCLOUD_MAX_FILE_BYTES for the in-process API
-
-
-# -- the API in process and the CLI over it ------------------------------------------------
-
-
-@pytest.fixture
-def api(tenants: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Client]]:
-    """The real FastAPI app (no Ray), its store the test's; returns a Client factory."""
-    from serve import deps
-    from serve.api import create_app
-
-    monkeypatch.setenv("NCLOUD_MAX_FILE_BYTES", str(LIMIT))
-    settings.cache_clear()
-    deps.store.cache_clear()
-    _, ada = accounts.create_user(tenants, "ada@example.com", ["vision"])
-    _, bob = accounts.create_user(tenants, "bob@example.com", ["audio"])
-    tokens = {"ada": ada, "bob": bob}
-    # Mounted where Ray Serve puts it (route prefix /api/v1).
-    app_ = Starlette(routes=[Mount("/api/v1", app=create_app())])
-
-    def make(user: str | None = "ada", tenant: str | None = None) -> Client:
-        c = Client("http://api.test", token=tokens[user] if user else None, tenant=tenant)
-        c._http = TestClient(app_, base_url=c.base_url, headers=c._http.headers)
-        return c
-
-    yield make
-    deps.store().dispose()
-    deps.store.cache_clear()
 
 
 def _raw(c: Client) -> httpx.Client:
