@@ -25,6 +25,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy ncloud cluster jobs serve
+	$(VENV)/bin/mypy tests bench examples
 	$(VENV)/bin/mypy --strict ncloud
 
 test: install lint

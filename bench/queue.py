@@ -8,7 +8,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from bench.common import (
     wait_for,
 )
 from examples.digits import make_digits
+from ncloud import responses
 from ncloud.client import Client
 
 TERMINAL = {"Completed", "Failed", "Stopped"}
@@ -83,7 +84,7 @@ def read_stamp(logs: Callable[[], Any]) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def finished(c: Client, model_id: int) -> dict[str, Any] | None:
+def finished(c: Client, model_id: int) -> responses.ModelDetail | None:
     shown = c.models.show(model_id)
     return shown if shown["status"] in TERMINAL else None
 
@@ -139,13 +140,13 @@ def latency(
     return platform, bare
 
 
-def admitted_at(model: dict[str, Any]) -> float | None:
+def admitted_at(model: responses.ModelDetail) -> float | None:
     """When the queue admitted the model's last run (its "Starting"; started_at is Running)."""
     starting = [h["at"] for h in model["runs"][-1]["history"] if h["status"] == "Starting"]
     return parse_at(starting[-1]) if starting else None
 
 
-def order_violations(shown: list[dict[str, Any]], priority: dict[int, int]) -> list[str]:
+def order_violations(shown: Sequence[responses.ModelDetail], priority: dict[int, int]) -> list[str]:
     """Pairs admitted out of order: b waited (submitted before a's admission), ranks above a."""
     starts = {m["id"]: admitted for m in shown if (admitted := admitted_at(m)) is not None}
     created = {m["id"]: parse_at(m["created_at"]) for m in shown}
@@ -160,7 +161,7 @@ def order_violations(shown: list[dict[str, Any]], priority: dict[int, int]) -> l
     return found
 
 
-def check_runs(shown: list[dict[str, Any]], n: int) -> list[str]:
+def check_runs(shown: Sequence[responses.ModelDetail], n: int) -> list[str]:
     """Lost, failed or duplicated runs: every model Completed once, with exactly epoch 1."""
     problems = [] if len(shown) == n else [f"{len(shown)} models found, {n} submitted"]
     for m in shown:
@@ -189,7 +190,7 @@ def queue_throughput(
         priority[int(m["id"])] = p
     print(f"  submitted {n} runs in {time.time() - t0:.1f}s", flush=True)
 
-    def all_done() -> list[dict[str, Any]] | None:
+    def all_done() -> list[responses.Model] | None:
         listed = [m for m in c.models.list() if m["id"] in priority]
         done = [m for m in listed if m["status"] in TERMINAL]
         return listed if len(done) == n else None
@@ -202,7 +203,7 @@ def queue_throughput(
         return 0.0, [f"{exc}: {counts}"]
     shown = [c.models.show(i) for i in sorted(priority)]
     problems = check_runs(shown, n) + order_violations(shown, priority)
-    last = max(parse_at(m["ended_at"]) for m in shown if m.get("ended_at"))
+    last = max(parse_at(m["ended_at"]) for m in shown if m["ended_at"] is not None)
     return n / (last - t0), problems
 
 

@@ -14,6 +14,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,14 @@ def trained_model(root: Path) -> str:
     return str(root / "run")
 
 
+def _cold_start(single: bool) -> None:
+    start_to_ready(single).close()
+
+
+def _handoff_next(boxes: list[Sandbox]) -> None:
+    handoff(boxes.pop())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repeat", type=int, default=5, help="starts and checks per variant")
@@ -119,14 +128,14 @@ def main() -> None:
         )
         cold = {}
         for single in (False, True):
-            cold[single] = timed(lambda s=single: start_to_ready(s).close(), args.repeat)
+            cold[single] = timed(partial(_cold_start, single), args.repeat)
         print(f"  sandboxed {cold[False]:.3f} s   unsandboxed {cold[True]:.3f} s   "
               f"ratio {cold[False] / cold[True]:.2f}x")  # fmt: skip
 
         warm = {}
         for single in (False, True):
             boxes = [start_to_ready(single) for _ in range(args.repeat)]
-            warm[single] = timed(lambda b=boxes: handoff(b.pop()), args.repeat)
+            warm[single] = timed(partial(_handoff_next, boxes), args.repeat)
         spec = parse_spec("cnn.yaml", CNN)
         bare = timed(lambda: check(spec, 10, (1, 8, 8)), args.repeat)
         print("a spec check handed to a started sandbox (what a submit waits for), median")
@@ -152,8 +161,8 @@ def main() -> None:
                 settings.cache_clear()
                 nets[single] = SandboxedNetwork(run_url, ("cnn.yaml", CNN), meta, None, 1)
             with torch.no_grad():
-                local = timed(lambda x=x: model(x), args.forwards)
-            times = {s: timed(lambda n=n, x=x: n(x), args.forwards) for s, n in nets.items()}
+                local = timed(partial(model, x), args.forwards)
+            times = {s: timed(partial(n, x), args.forwards) for s, n in nets.items()}
             for n in nets.values():
                 n.close()
             extra = (times[False] - local) * 1e3

@@ -33,6 +33,7 @@ from bench.common import (
 from bench.http_load import Input, K, Level, Target, drive
 from examples.digits import make_digits
 from jobs.models.specs import build, parse_spec
+from ncloud import responses
 
 SPEC = ROOT / "examples" / "cnn.yaml"
 TENANT = "bench-serve"
@@ -184,7 +185,7 @@ def train_and_deploy(
     model = c.models.train("bench-serve-cnn", SPEC.name, spec_text, ds, epochs=2, workers=1)
     model_id = int(model["id"])
 
-    def trained() -> dict[str, Any] | None:
+    def trained() -> responses.ModelDetail | None:
         shown = c.models.show(model_id)
         return shown if shown["status"] in TERMINAL else None
 
@@ -196,7 +197,7 @@ def train_and_deploy(
     started = time.perf_counter()
     deployed = c.models.deploy(model_id, replicas=1)
 
-    def up() -> dict[str, Any] | None:
+    def up() -> responses.Deployment | None:
         dep = c.models.deployment(model_id)
         if dep["status"] == "Failed":
             raise RuntimeError(f"the deployment of model {model_id} failed: {dep.get('error')}")

@@ -28,6 +28,7 @@ from bench.common import (
 )
 from examples.digits import NAMES, make_digits
 from jobs.models.specs import build, parse_spec
+from ncloud import responses
 
 TARGET = 1.10
 SPEC = ROOT / "examples" / "cnn.yaml"
@@ -77,7 +78,7 @@ def plain_loop(
 
 def platform_run(
     manifest: Path, epochs: int, spec_text: str, timeout_s: float
-) -> tuple[list[float], dict[str, Any]]:
+) -> tuple[list[float], responses.ModelDetail]:
     """The spec trained through a private server; seconds per epoch and the model record."""
     with private_server() as server:
         admin = server.admin()
@@ -89,7 +90,7 @@ def platform_run(
             "bench-cnn", SPEC.name, spec_text, ds, epochs=epochs, batch_size=BATCH, workers=1
         )
 
-        def finished() -> dict[str, Any] | None:
+        def finished() -> responses.ModelDetail | None:
             shown = c.models.show(model["id"])
             return shown if shown["status"] in TERMINAL else None
 

@@ -145,7 +145,7 @@ def kill_controller(server: Server) -> None:
         address=server.dashboard_url,
         filters=[("class_name", "=", "Controller"), ("state", "=", "ALIVE")],
     )
-    assert len(alive) == 1, alive
+    assert len(alive) == 1 and alive[0].pid is not None, alive
     os.kill(int(alive[0].pid), signal.SIGKILL)
 
 

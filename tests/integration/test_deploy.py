@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import httpx
@@ -321,17 +322,17 @@ def test_a_full_replica_answers_503_with_retry_after_and_recovers(
     assert post(server, mlp, shop["token"], files=two).status_code == 200
 
 
+def _status_is(client: Client, model_id: int, status: str) -> bool:
+    return client.models.deployment(model_id)["status"] == status
+
+
 def test_two_replicas_serving_an_earlier_checkpoint(server: Server, shop: dict[str, Any]) -> None:
     """deploy --replicas 2 --checkpoint K through the CLI: both bundles, that epoch's weights."""
     client: Client = shop["client"]
     for model_id in (shop["cnn"], shop["mlp"]):
         if client.models.deployment(model_id)["status"] != "Undeployed":
             server.cli("model", "undeploy", str(model_id), token=shop["token"], tenant="shop")
-            wait_for(
-                lambda m=model_id: client.models.deployment(m)["status"] == "Undeployed",
-                120,
-                "Undeployed",
-            )
+            wait_for(partial(_status_is, client, model_id, "Undeployed"), 120, "Undeployed")
     no_gpu = server.cli(
         "model", "deploy", str(shop["mlp"]), "-g", "1", token=shop["token"], tenant="shop",
         check=False,

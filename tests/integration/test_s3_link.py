@@ -38,7 +38,7 @@ def linker(server: Server, tenant: Callable[..., Any]) -> Iterator[dict[str, str
 
 
 @pytest.fixture
-def s3_env(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+def s3_env(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """This test process reads S3 the way a training worker would: through the endpoint."""
     from cluster.core import storage
 

@@ -45,9 +45,9 @@ def test_yaml_cnn_trains_to_its_stated_accuracy_with_the_cli(
         token=lab["token"],
         tenant=lab["tenant"],
     )
-    shown = out.stdout + out.stderr  # -L streams the run's log, then says how it ended
-    assert "training cnn.yaml:" in shown and "epochs 1..6" in shown
-    assert "Completed after 6 epoch(s)" in shown
+    streamed = out.stdout + out.stderr  # -L streams the run's log, then says how it ended
+    assert "training cnn.yaml:" in streamed and "epochs 1..6" in streamed
+    assert "Completed after 6 epoch(s)" in streamed
     client = as_user(server, lab)
     model = next(m for m in client.models.list() if m["name"] == "digits-cnn")
     found = client.models.show(model["id"])
@@ -240,7 +240,7 @@ def test_the_queue_runs_in_priority_then_fifo_order(server: Server, lab: dict[st
     for model_id in ids:
         assert until(client, model_id, TERMINAL)["status"] == "Completed"
     started = {i: client.models.show(i)["started_at"] for i in ids}
-    assert sorted(ids, key=lambda i: started[i]) == [ids[1], ids[0], ids[2]]
+    assert sorted(ids, key=lambda i: started[i] or "") == [ids[1], ids[0], ids[2]]
 
 
 def test_sigkill_of_the_controller_loses_no_run(server: Server, lab: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 
 import pytest
 
@@ -20,7 +21,13 @@ def _actor_pid(server: Server, class_name: str) -> int:
     )
     if not alive:
         raise AssertionError(f"no live {class_name} actor")
-    return int(alive[0].pid)
+    pid = alive[0].pid
+    assert pid is not None, alive
+    return int(pid)
+
+
+def _restarted(server: Server, class_name: str, pid: int) -> Callable[[], bool]:
+    return lambda: _actor_pid(server, class_name) != pid
 
 
 def _snapshot(server: Server) -> tuple[list[str], list[str]]:
@@ -37,7 +44,7 @@ def test_sigkill_of_the_control_plane_loses_nothing(server: Server) -> None:
         for actor in ("Controller", "ServeReplica:ncloud-api:api"):
             pid = _actor_pid(server, actor)
             os.kill(pid, signal.SIGKILL)
-            wait_for(lambda p=pid, a=actor: _actor_pid(server, a) != p, 120, f"{actor} restart")
+            wait_for(_restarted(server, actor, pid), 120, f"{actor} restart")
         wait_for(lambda: server.client().info(), 120, "the API to answer again")
         assert _snapshot(server) == before
         as_kim = server.client(token=user["token"])

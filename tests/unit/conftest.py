@@ -81,7 +81,7 @@ def api(tenants: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..
 
     def make(user: str | None = "ada", tenant: str | None = None) -> Client:
         c = Client("http://api.test", token=tokens[user] if user else None, tenant=tenant)
-        c._http = TestClient(app_, base_url=c.base_url, headers=c._http.headers)
+        c._http = TestClient(app_, base_url=c.base_url, headers=dict(c._http.headers))
         return c
 
     yield make

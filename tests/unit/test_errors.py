@@ -32,7 +32,10 @@ def test_unknown_body_maps_by_status() -> None:
 
 
 def test_codes_are_unique() -> None:
-    every = [errors.NcloudError, *errors._all_subclasses(errors.NcloudError)]
+    every: list[type[errors.NcloudError]] = [
+        errors.NcloudError,
+        *errors._all_subclasses(errors.NcloudError),
+    ]
     assert len({c.code for c in every}) == len(every)
     assert errors.QuotaExceeded.http_status == 409
     assert errors.UsageError.exit_code == 2

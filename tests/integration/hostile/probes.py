@@ -20,7 +20,7 @@ CACHE = CONFIG["cache"]
 REPO = CONFIG["repo"]
 PORTS = CONFIG["ports"]
 MARKER = CONFIG["marker"]
-LEFT = []  # the probes that got through
+LEFT: list[str] = []  # the probes that got through
 
 
 def probe(name, attempt):
