@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -190,11 +191,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, s3: S3) -> Iterator[Server]
     ports = {"api": free_port(), "ray": free_port(), "dashboard": free_port()}
     srv = Server(home, env, f"http://127.0.0.1:{ports['api']}", "", "", ports, s3)
     env["NCLOUD_HOST"] = srv.api_url
+    # The cluster's Ray token is the session's (tests/conftest.py): this process's Ray
+    # client read it before any test ran, for the state API calls the tests make.
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(os.environ["RAY_AUTH_TOKEN_PATH"], home / "ray-auth-token")
+    os.chmod(home / "ray-auth-token", 0o600)
     started = srv.start()
-    # The state API calls the tests make need the cluster's own Ray token.
-    os.environ.update(
-        {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(home / "ray-auth-token")}
-    )
     srv.admin_token = started["admin_token"]
     srv.dashboard_url = started["dashboard_url"]
     try:
