@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip on these machines warns about every local index it skips; keep real errors visible.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: install demo test lint unit integration bench clean
+.PHONY: install postgres demo test lint unit integration bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,18 @@ lint: install
 	$(VENV)/bin/mypy tests bench examples
 	$(VENV)/bin/mypy --strict ncloud
 
-test: install lint
+# The tests run the store on a real PostgreSQL server too (tests/pg.py starts it); Debian's
+# package where it is missing and we may install it.
+postgres: install
+	@$(PY) -c "from tests.pg import server_bin; raise SystemExit(server_bin() is None)" || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    apt-get install -y -q postgresql >/dev/null; } || \
+	  { echo "the tests need a PostgreSQL server: apt-get install postgresql"; exit 1; }
+
+test: install lint postgres
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-unit: install
+unit: install postgres
 	$(PY) -m pytest -q tests/unit
 
 integration: install

@@ -57,6 +57,27 @@ def _add_batch_volumes(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE batch_predictions ADD COLUMN volumes TEXT"))
 
 
+# Sizes and counts that outgrow 32 bits (a 4 GiB tenant; rows of a large dataset).
+WIDENED = {
+    "tenants": ("memory",),
+    "volumes": ("files",),
+    "datasets": ("rows", "files", "progress_done", "progress_total"),
+    "batch_predictions": ("rows", "predicted", "bad_rows"),
+}
+
+
+def _widen_counts(conn: Connection) -> None:
+    """64-bit sizes and counts. SQLite's INTEGER is 64-bit already; PostgreSQL's is not."""
+    _create_missing_tables(conn)
+    if conn.dialect.name != "postgresql":
+        return
+    found = inspect(conn)
+    for table, columns in WIDENED.items():
+        if found.has_table(table):
+            for column in columns:
+                conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE BIGINT"))
+
+
 # version -> the step that upgrades a store at version-1 to version.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create_missing_tables,
@@ -65,14 +86,19 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     4: _create_missing_tables,  # deployments, batch predictions
     5: _add_deployment_batching,
     6: _add_batch_volumes,
+    7: _widen_counts,
 }
 
 
 def open_store(url: str) -> Store:
     """Create or upgrade the store, then open it (the server's start does this)."""
     store = Store(url)
-    store.migrate(MIGRATIONS)
-    store.check()
+    try:
+        store.migrate(MIGRATIONS)
+        store.check()
+    except BaseException:
+        store.dispose()  # its pooled connections, not left to the garbage collector
+        raise
     return store
 
 

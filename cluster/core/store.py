@@ -30,7 +30,7 @@ from ncloud.errors import SchemaMismatch
 metadata = MetaData()
 
 # Bump when a table changes; cluster/control/schema.py holds the step from N-1 to N.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 schema_table = Table(
     "ncloud_schema",
@@ -137,5 +137,9 @@ class Store:
 def open_store(url: str) -> Store:
     """Open a store of this schema version (cluster/control/schema.py creates or upgrades it)."""
     store = Store(url)
-    store.check()
+    try:
+        store.check()
+    except BaseException:
+        store.dispose()
+        raise
     return store

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     ForeignKey,
@@ -68,9 +69,9 @@ batch_predictions = Table(
     Column("format", String(8), nullable=False),  # csv | jsonl
     Column("k", Integer, nullable=False),
     Column("status", String(16), nullable=False),
-    Column("rows", Integer, nullable=False, default=0),
-    Column("predicted", Integer, nullable=False, default=0),
-    Column("bad_rows", Integer, nullable=False, default=0),
+    Column("rows", BigInteger, nullable=False, default=0),
+    Column("predicted", BigInteger, nullable=False, default=0),
+    Column("bad_rows", BigInteger, nullable=False, default=0),
     Column("error", Text),
     Column("result", String(64)),  # the result file's name, once Completed
     Column("volumes", Text),  # JSON: [{"id", "path"}] the network reads, read-only

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     ForeignKey,
@@ -66,11 +67,11 @@ datasets = Table(
     Column("status", String(16), nullable=False),
     Column("manifest_name", String(255), nullable=False),
     Column("link_url", Text),  # the manifest's URL, for linked datasets
-    Column("rows", Integer, nullable=False, default=0),
-    Column("files", Integer, nullable=False, default=0),
+    Column("rows", BigInteger, nullable=False, default=0),
+    Column("files", BigInteger, nullable=False, default=0),
     Column("info", Text),  # JSON: kind, classes, class_counts, shape, bytes, shards
-    Column("progress_done", Integer, nullable=False, default=0),
-    Column("progress_total", Integer, nullable=False, default=0),
+    Column("progress_done", BigInteger, nullable=False, default=0),
+    Column("progress_total", BigInteger, nullable=False, default=0),
     Column("error", Text),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),

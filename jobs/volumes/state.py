@@ -40,7 +40,7 @@ volumes = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
     Column("name", String(64), nullable=False),
-    Column("files", Integer, nullable=False, default=0),
+    Column("files", BigInteger, nullable=False, default=0),
     Column("bytes", BigInteger, nullable=False, default=0),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),

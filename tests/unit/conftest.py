@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from cluster.core import accounts, storage
 from cluster.core.store import Store
 from ncloud.client import Client
 from ncloud.settings import settings
+from tests.pg import PostgresServer
 
 
 @pytest.fixture(autouse=True)
@@ -25,10 +27,27 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     settings.cache_clear()
 
 
-@pytest.fixture
-def store(isolated_home: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (tests/pg.py); each test its own database."""
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(
+    request: pytest.FixtureRequest, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Store]:
+    """The store on SQLite (the default) and on PostgreSQL (a cluster's): every test that
+    touches the store runs on both."""
     from cluster.control import schema
 
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+        monkeypatch.setenv("NCLOUD_DB_URL", server.database(name))
+        settings.cache_clear()
     s = schema.open_store(settings().db_url)
     yield s
     s.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from cluster.control import schema
 from cluster.core import store as store_mod
@@ -13,11 +13,14 @@ from cluster.core.store import SCHEMA_VERSION, open_store, schema_table
 from ncloud.errors import SchemaMismatch
 
 
-def test_sqlite_runs_in_wal_mode(store: store_mod.Store) -> None:
-    with store.read() as conn:
-        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
-    assert store.version() == SCHEMA_VERSION
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    store = schema.open_store(f"sqlite:///{tmp_path / 'wal.db'}")
+    try:
+        with store.read() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+    finally:
+        store.dispose()
 
 
 def test_failed_write_rolls_back(store: store_mod.Store) -> None:
@@ -50,12 +53,18 @@ def test_older_store_says_run_server_start_and_migrates(store: store_mod.Store) 
     _set_version(store, 0)
     with pytest.raises(SchemaMismatch, match="ncloud server start"):
         open_store(store.url)
-    assert schema.open_store(store.url).version() == SCHEMA_VERSION
+    _version_then_dispose(schema.open_store(store.url))
+
+
+def _version_then_dispose(s: store_mod.Store) -> None:
+    try:
+        assert s.version() == SCHEMA_VERSION
+    finally:
+        s.dispose()
 
 
 def test_empty_database_is_created(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'deep' / 'new.db'}"
-    assert schema.open_store(url).version() == SCHEMA_VERSION
+    _version_then_dispose(schema.open_store(f"sqlite:///{tmp_path / 'deep' / 'new.db'}"))
 
 
 @pytest.mark.parametrize(
@@ -69,10 +78,13 @@ def test_an_older_store_gains_the_column_of_the_next_version(
         conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     _set_version(store, version)
     upgraded = schema.open_store(store.url)
-    assert upgraded.version() == SCHEMA_VERSION
-    with upgraded.read() as conn:
-        columns = {c[1] for c in conn.execute(text(f"PRAGMA table_info({table})"))}
-    assert column in columns
+    try:
+        assert upgraded.version() == SCHEMA_VERSION
+        with upgraded.read() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns(table)}
+        assert column in columns
+    finally:
+        upgraded.dispose()
 
 
 def test_a_deployment_without_batching_options_gets_the_defaults() -> None:
