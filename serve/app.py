@@ -6,6 +6,7 @@ from typing import Any
 
 from ray import serve
 
+from cluster.core.names import ON_HEAD
 from ncloud.protocol import API_PREFIX
 from serve.api import create_app
 
@@ -21,7 +22,12 @@ def api_application(env: dict[str, str], replicas: int = 1) -> Any:
         name="api",
         num_replicas=replicas,
         # The API must never compete with tenants' reservations for CPUs.
-        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}},
+        # On the head: a worker node's loss must not take the API with it.
+        ray_actor_options={
+            "num_cpus": 0,
+            "resources": ON_HEAD,
+            "runtime_env": {"env_vars": env},
+        },
         max_ongoing_requests=64,
         health_check_period_s=5,
     )

@@ -27,8 +27,9 @@ from typing import Any
 import httpx
 
 from cluster.control import schema
+from cluster.control.attach import check_reachable, connect
 from cluster.core import accounts
-from cluster.core.names import CONTROLLER, NAMESPACE, control_plane_env
+from cluster.core.names import CONTROLLER, NAMESPACE, ON_HEAD, control_plane_env
 from ncloud.errors import Conflict, NcloudError, ServerError
 from ncloud.protocol import API_PREFIX
 from ncloud.settings import settings
@@ -173,8 +174,8 @@ def deploy_control_plane(ray_address: str, api_host: str, api_port: int) -> None
 
     env = control_plane_env()
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    ray.init(
-        address=ray_address,
+    connect(
+        ray_address,
         namespace=NAMESPACE,
         logging_level=logging.WARNING,
         log_to_driver=False,
@@ -190,6 +191,7 @@ def deploy_control_plane(ray_address: str, api_host: str, api_port: int) -> None
             max_task_retries=-1,
             max_concurrency=8,
             num_cpus=0,
+            resources=ON_HEAD,
             get_if_exists=True,
         ).remote(env["NCLOUD_DB_URL"])
         ray.get(actor.ping.remote(), timeout=START_TIMEOUT_S)
@@ -247,11 +249,11 @@ def start(
                 f"{exc.message}. Tenant code runs only in a sandbox, so the server does not "
                 "start; on a one-person machine, --single-tenant runs it unsandboxed"
             ) from exc
-    store = schema.open_store(s.db_url)
-    admin_token = accounts.ensure_admin(store)
-    store.dispose()
+    schema.open_store(s.db_url).dispose()  # created or upgraded before anything starts
     log_path = s.home / "logs" / "server.log"
     pid = None
+    if address is not None:
+        check_reachable(address)
     if address is None:
         # Sandboxes of a head that is gone left their folders: nothing on this node uses them.
         shutil.rmtree(s.sandbox_dir, ignore_errors=True)
@@ -281,7 +283,25 @@ def start(
         log=str(log_path),
     )
     _state_path().write_text(json.dumps(asdict(state), indent=2))
+    # Only now that the server answers: a start that fails leaves no admin whose one-time
+    # token nobody saw (and `ncloud server admin-token --reset` mints another).
+    store = schema.open_store(s.db_url)
+    try:
+        admin_token = accounts.ensure_admin(store)
+    finally:
+        store.dispose()
     return {**asdict(state), "admin_token": admin_token}
+
+
+def reset_admin_token() -> dict[str, Any]:
+    """A new token for the first admin, minted from the store itself (no server needed):
+    for when the one printed at the first start is lost."""
+    store = schema.open_store(settings().db_url)
+    try:
+        email, token = accounts.new_admin_token(store)
+    finally:
+        store.dispose()
+    return {"email": email, "admin_token": token}
 
 
 def _session_pids(sid: int) -> list[int]:

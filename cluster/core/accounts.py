@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -39,7 +40,7 @@ tenants = Table(
     Column("name", String(64), nullable=False, unique=True),
     Column("cpus", Float, nullable=False),
     Column("gpus", Float, nullable=False),
-    Column("memory", Integer, nullable=False),
+    Column("memory", BigInteger, nullable=False),
     # Bumped on every resize so that the new placement group gets a fresh name.
     Column("generation", Integer, nullable=False, default=1),
     Column("created_at", DateTime, nullable=False),
@@ -318,6 +319,22 @@ def ensure_admin(store: Store, email: str = "admin@ncloud.local") -> str | None:
             return None
     _, token = create_user(store, email, [], is_admin=True)
     return token
+
+
+def new_admin_token(store: Store, email: str = "admin@ncloud.local") -> tuple[str, str]:
+    """(email, a new token) of the first admin (created if the store has no admin yet)."""
+    first = ensure_admin(store, email)
+    with store.read() as conn:
+        row = conn.execute(
+            select(users.c.id, users.c.email).where(users.c.is_admin).order_by(users.c.id)
+        ).first()
+    if row is None:  # ensure_admin just made one
+        raise NotFound("the store has no admin")
+    if first is not None:
+        return str(row.email), first
+    with store.write() as conn:
+        token = insert_token(conn, int(row.id), "admin-reset")
+    return str(row.email), token
 
 
 # -- tokens ----------------------------------------------------------------------------------

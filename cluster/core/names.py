@@ -8,6 +8,9 @@ from ncloud.settings import settings
 
 NAMESPACE = "ncloud"
 CONTROLLER = "ncloud-controller"
+# The control plane (the controller, the API's replicas) lives on the head node: it holds
+# no CPUs, and a worker node's loss must not take it down. Ray gives the head this resource.
+ON_HEAD = {"node:__internal_head__": 0.001}
 
 
 def control_plane_env() -> dict[str, str]:

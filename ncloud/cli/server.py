@@ -1,4 +1,5 @@
-"""`ncloud server start|stop|status`: the embedded local cluster and its control plane."""
+"""`ncloud server start|stop|status|admin-token`: the embedded local cluster and its
+control plane."""
 
 from __future__ import annotations
 
@@ -73,6 +74,29 @@ def start(
         f"next: ncloud configure --host {host_of(state['api_url'])} "
         "--token <token>; ncloud tenant add NAME --cpus 1"
     )
+
+
+@app.command("admin-token")
+def admin_token(
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Mint a new token for the first admin.")
+    ] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """A new admin token, read from the store on this machine (the server need not run)."""
+    from cluster.control import local
+    from ncloud.errors import UsageError
+
+    if not reset:
+        raise UsageError(
+            "tokens are stored hashed and cannot be shown again: --reset mints a new one"
+        )
+    found = local.reset_admin_token()
+    if output == Output.json:
+        render(found, None, output)
+        return
+    message(f"a new token for {found['email']}, shown once:")
+    typer.echo(found["admin_token"])
 
 
 @app.command("stop")

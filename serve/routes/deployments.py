@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from cluster.core.names import ON_HEAD
 from jobs.models import deployments
 from jobs.models import state as models
 from ncloud import responses
@@ -105,7 +106,8 @@ def fallback_application(env: dict[str, str]) -> Any:
     app = fallback_app()
 
     @serve.deployment(
-        name="fallback", ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}}
+        name="fallback",
+        ray_actor_options={"num_cpus": 0, "resources": ON_HEAD, "runtime_env": {"env_vars": env}},
     )
     @serve.ingress(app)
     class Fallback:

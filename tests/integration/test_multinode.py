@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,51 @@ def test_a_worker_on_another_node_trains_through_storage(
         assert cached, "the worker on node 2 did not fill node 2's cache"
     finally:
         server.client().users.remove("far@example.com")
+
+
+def _control_plane_nodes(server: Server) -> dict[str, str]:
+    """class name -> node id of each live control-plane actor."""
+    from ray.util.state import list_actors
+
+    found = {}
+    for name in ("Controller", "ServeReplica:ncloud-api:api"):
+        alive = list_actors(
+            address=server.dashboard_url,
+            filters=[("class_name", "=", name), ("state", "=", "ALIVE")],
+            detail=True,
+        )
+        if len(alive) == 1:
+            found[name] = str(alive[0].node_id)
+    return found
+
+
+def test_the_control_plane_comes_back_on_the_head_when_a_worker_node_exists(
+    server: Server, second_node: dict[str, Any]
+) -> None:
+    """Killed with a second node free to take it, the controller (and the API's replica) is
+    placed on the head again: a worker node's loss must not take the control plane."""
+    before = _control_plane_nodes(server)
+    assert len(before) == 2 and second_node["node_id"] not in before.values(), before
+    for name in before:
+        from ray.util.state import list_actors
+
+        (actor,) = list_actors(
+            address=server.dashboard_url,
+            filters=[("class_name", "=", name), ("state", "=", "ALIVE")],
+        )
+        assert actor.pid is not None
+        os.kill(int(actor.pid), signal.SIGKILL)
+        wait_for(partial(_replaced, server, name, int(actor.pid)), 120, f"{name} back")
+    after = _control_plane_nodes(server)
+    assert after == before, (after, second_node["node_id"])
+    server.client().info()  # and the API answers
+
+
+def _replaced(server: Server, class_name: str, pid: int) -> bool:
+    from ray.util.state import list_actors
+
+    alive = list_actors(
+        address=server.dashboard_url,
+        filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
+    )
+    return len(alive) == 1 and alive[0].pid != pid

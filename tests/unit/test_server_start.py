@@ -1,0 +1,75 @@
+"""`ncloud server start` that cannot reach its Ray cluster fails fast and creates no admin
+whose token nobody saw; `ncloud server admin-token --reset` mints one from the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster.control import schema
+from cluster.control.attach import check_reachable
+from cluster.core import tokens
+from cluster.core.store import Store
+from ncloud.errors import InvalidInput, ServerUnreachable
+from ncloud.settings import settings
+from tests.s3 import free_port
+
+
+def _ncloud(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ncloud.cli.main", *args],
+        capture_output=True, text=True, timeout=timeout, env=dict(os.environ),
+    )  # fmt: skip
+
+
+def _admins(url: str) -> int:
+    from sqlalchemy import func, select
+
+    from cluster.core.accounts import users
+
+    store = schema.open_store(url)
+    try:
+        with store.read() as conn:
+            return int(conn.execute(select(func.count()).where(users.c.is_admin)).scalar() or 0)
+    finally:
+        store.dispose()
+
+
+def test_nothing_listening_is_said_at_once_naming_the_address() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ServerUnreachable, match=f"no Ray cluster answers at {address}"):
+        check_reachable(address)
+    assert time.monotonic() - started < 5
+    with pytest.raises(InvalidInput, match="HOST:PORT"):
+        check_reachable("just-a-host")
+
+
+def test_a_start_that_cannot_attach_fails_in_one_line_and_makes_no_admin() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    out = _ncloud("server", "start", "--single-tenant", "--address", address)
+    assert time.monotonic() - started < 30
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert address in last and "Traceback" not in out.stderr, out.stderr
+    assert _admins(settings().db_url) == 0  # the next start shows the first token
+
+
+def test_admin_token_reset_mints_a_token_that_authenticates(store: Store) -> None:
+    bare = _ncloud("server", "admin-token")
+    assert bare.returncode != 0 and "--reset" in bare.stderr
+    first = _ncloud("server", "admin-token", "--reset", "-o", "json")
+    assert first.returncode == 0, first.stderr
+    again = _ncloud("server", "admin-token", "--reset", "-o", "json")
+    tokens_made = [json.loads(p.stdout)["admin_token"] for p in (first, again)]
+    assert tokens_made[0] != tokens_made[1]
+    for token in tokens_made:  # both work: a reset adds a token, it revokes none
+        user = tokens.authenticate(store, token)
+        assert user.is_admin and user.email == "admin@ncloud.local"
+    assert _admins(store.url) == 1
