@@ -68,14 +68,29 @@ class PostgresServer:
         )  # fmt: skip
         if made.returncode != 0:
             raise RuntimeError(f"initdb failed: {made.stderr.strip()[-500:]}")
-        self.log = open(root / "postgres.log", "wb")  # noqa: SIM115
+        self.bindir = bindir
+        self.log = open(root / "postgres.log", "ab")  # noqa: SIM115
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again, after `pause`) on the same data and port."""
+        root = self.root
         self.proc = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(self.data), "-h", self.host,
+            [str(self.bindir / "postgres"), "-D", str(self.data), "-h", self.host,
              "-p", str(self.port), "-k", str(root), "-c", "fsync=off",
              "-c", "max_connections=200"],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=root, **self._as,
         )  # fmt: skip
-        self._wait_ready(bindir)
+        self._wait_ready(self.bindir)
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: the database "goes away"."""
+        self.proc.send_signal(signal.SIGINT)  # postgres's "fast" shutdown
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
     def _wait_ready(self, bindir: Path) -> None:
         deadline = time.monotonic() + 60
@@ -106,11 +121,7 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)  # postgres's "fast" shutdown
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.pause()
         self.log.close()
         shutil.rmtree(self.root, ignore_errors=True)

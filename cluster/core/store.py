@@ -24,8 +24,9 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from ncloud.errors import SchemaMismatch
+from ncloud.errors import SchemaMismatch, Unavailable
 
 metadata = MetaData()
 
@@ -81,16 +82,33 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        with self._reachable(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A short write transaction; commits on success, rolls back on any error."""
-        with self.engine.connect() as raw:
+        with self._reachable(), self.engine.connect() as raw:
             conn = raw.execution_options(ncloud_write=True)
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """A store that cannot be reached or refuses us (down, wrong password, locked) is a
+        503 that names it, password hidden; the transaction was rolled back, so retry."""
+        try:
+            yield
+        except (OperationalError, InterfaceError) as exc:
+            reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+            raise Unavailable(
+                f"the store at {self.safe_url} cannot be used now: "
+                f"{reason[0] if reason else type(exc).__name__}"
+            ) from exc
+
+    @property
+    def safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
 
     def version(self) -> int:
         """The schema version recorded in the database; 0 for an empty database."""
@@ -107,11 +125,11 @@ class Store:
             return
         if found > SCHEMA_VERSION:
             raise SchemaMismatch(
-                f"the store at {self.url} has schema version {found}, newer than this "
+                f"the store at {self.safe_url} has schema version {found}, newer than this "
                 f"ncloud knows ({SCHEMA_VERSION}): upgrade ncloud (pip install -U ncloud)"
             )
         raise SchemaMismatch(
-            f"the store at {self.url} has schema version {found}, older than this "
+            f"the store at {self.safe_url} has schema version {found}, older than this "
             f"ncloud needs ({SCHEMA_VERSION}): run `ncloud server start` once to upgrade it"
         )
 
