@@ -29,7 +29,7 @@ TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED}
 TRANSITIONS = {
     RunStatus.QUEUED: {RunStatus.STARTING, RunStatus.STOPPED, RunStatus.FAILED},
     RunStatus.STARTING: {RunStatus.RUNNING, *TERMINAL, RunStatus.STARTING, RunStatus.QUEUED},
-    RunStatus.RUNNING: {RunStatus.STARTING, *TERMINAL},
+    RunStatus.RUNNING: {RunStatus.STARTING, *TERMINAL, RunStatus.QUEUED},  # queued: node lost
     RunStatus.COMPLETED: set(),
     RunStatus.FAILED: set(),
     RunStatus.STOPPED: set(),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -29,26 +29,17 @@ from jobs.models import deployments
 from jobs.models import state as models
 from jobs.models.deployments import DeploymentStatus
 from jobs.models.state import RunStatus
-from jobs.training import queue
+from jobs.training import pool, queue
 from jobs.training.config import Outcome, TrainConfig, WorkerJob
+from jobs.training.pool import Active
 from jobs.training.worker import TrainWorker
 from ncloud.errors import Conflict, NcloudError
 
 log = logging.getLogger("ncloud.scheduler")
 TICK_S = 0.1
 STOP_GRACE_S = 30.0
-
-
-@dataclass
-class Active:
-    """A launched run as this controller sees it: one wait() reference per worker."""
-
-    run_id: int
-    key: str
-    actors: list[Any]
-    refs: dict[Any, int] = field(default_factory=dict)  # wait ref -> rank
-    results: dict[int, dict[str, Any]] = field(default_factory=dict)
-    stopping: bool = False
+UNREACHABLE_RETRY_S = 1.0
+REPLACING = "the reservation is being placed (again, if a node of it was lost)"
 
 
 class Scheduler:
@@ -89,23 +80,37 @@ class Scheduler:
             for active in list(self.active.values()):
                 if ref in active.refs:
                     rank = active.refs.pop(ref)
-                    active.results[rank] = self._outcome(ref)
+                    outcome = self._outcome(ref)
+                    if outcome is None:  # out of reach, not known dead: ask again soon
+                        active.unreachable[rank] = time.monotonic() + UNREACHABLE_RETRY_S
+                        continue
+                    active.results[rank] = outcome
                     if active.results[rank].get("died") and rank < len(active.actors):
                         self._forget(active.actors[rank])
                     self._settle(active)
         for active in list(self.active.values()):
-            if not active.refs and active.results:  # lost at recovery, or a launch that failed
-                self._settle(active)
+            for rank, when in list(active.unreachable.items()):
+                if time.monotonic() >= when:
+                    del active.unreachable[rank]
+                    active.refs[active.actors[rank].wait.remote(active.key)] = rank
+            if not active.refs and not active.unreachable and active.results:
+                self._settle(active)  # lost at recovery, or a launch that failed
 
-    def _outcome(self, ref: Any) -> dict[str, Any]:
+    def _outcome(self, ref: Any) -> dict[str, Any] | None:
+        """A worker's result; None while Ray cannot reach it but has not declared it dead
+        (its node may be going: Ray says so once its health checks fail)."""
         try:
             found = ray.get(ref, timeout=10)
             return dict(found)
+        except ray.exceptions.ActorUnavailableError:
+            return None
         except Exception as exc:  # the worker actor died (SIGKILL, node lost, no rendezvous)
+            lost = pool.node_lost(exc)
             return {
                 "outcome": Outcome.CRASHED,
-                "error": f"the worker died ({type(exc).__name__})",
+                "error": "its node was lost" if lost else f"the worker died ({type(exc).__name__})",
                 "died": True,
+                "node_lost": lost,
             }
 
     def _forget(self, actor: Any) -> None:
@@ -138,6 +143,8 @@ class Scheduler:
             self._end(run, RunStatus.FAILED, failed[0].get("error"))
         elif run.stop_requested:
             self._end(run, RunStatus.STOPPED, None, epochs_done=max(done, run.epochs_done))
+        elif crashed and all(r.get("node_lost") for r in crashed):
+            self._requeue(run)
         elif crashed:
             self._restart(run, crashed[0].get("error") or "a worker died")
         elif results[0]["outcome"] == Outcome.STOPPED:
@@ -168,6 +175,20 @@ class Scheduler:
         log.warning("run %s: %s; resuming from its last checkpoint", run.id, error)
         self._launch(moved, moved.placement or [], resume=True)
 
+    def _requeue(self, run: models.Run) -> None:
+        """A node under the run was lost: not the run's fault, so it spends no restart. It
+        waits in the queue until its reservation is placed again, then resumes from its
+        last checkpoint."""
+        models.move(
+            self.store,
+            run.id,
+            RunStatus.QUEUED,
+            note="a node under it was lost: back in the queue",
+            placement=None,
+            reason=REPLACING,
+        )
+        log.warning("run %s: a node under it was lost; queued again", run.id)
+
     # -- admission -----------------------------------------------------------------------
 
     def _admit(self) -> None:
@@ -182,6 +203,11 @@ class Scheduler:
 
     def _admit_tenant(self, tenant: str, waiting: list[models.Run]) -> None:
         t = accounts.get_tenant(self.store, tenant)
+        if not pool.reservation_placed(t.placement_group):  # e.g. a node of it was lost
+            for run in waiting:
+                if run.reason != REPLACING:
+                    models.update_run(self.store, run.id, reason=REPLACING)
+            return
         bundles = t.bundles
         busy = deployments.bundles_in_use(self.store, tenant)
         options = models.options_of(self.store, [run.model_id for run in waiting])
@@ -196,7 +222,8 @@ class Scheduler:
                 moved = models.move(
                     self.store, run.id, RunStatus.STARTING, placement=chosen, reason=None
                 )
-                self._launch(moved, chosen, resume=run.attempt > 1)
+                # a run back from a lost node has checkpoints of this attempt to resume from
+                self._launch(moved, chosen, resume=run.attempt > 1 or run.epochs_done > 0)
             elif decided.waiting.get(run.id) != run.reason:
                 models.update_run(self.store, run.id, reason=decided.waiting.get(run.id))
 
@@ -209,7 +236,7 @@ class Scheduler:
             group = get_placement_group(tenant.placement_group)
             cls: Any = ray.remote(TrainWorker)
             self.pool[key] = cls.options(
-                name=_worker_name(tenant.placement_group, index),
+                name=pool.worker_name(tenant.placement_group, index),
                 namespace=NAMESPACE,
                 lifetime="detached",
                 get_if_exists=True,
@@ -246,10 +273,10 @@ class Scheduler:
             if bundle in deployments.training_bundles(self.store, tenant_name):
                 raise Conflict(f"bundle {bundle} of tenant {tenant_name!r} is training")
             self.pool.pop((tenant.placement_group, bundle), None)
-            name = _worker_name(tenant.placement_group, bundle)
-            killed = _kill_worker(name)
+            name = pool.worker_name(tenant.placement_group, bundle)
+            killed = pool.kill_worker(name)
         if killed:  # the deployment holds the bundle: no new worker is made there meanwhile
-            _wait_released(name)
+            pool.wait_released(name)
 
     def _launch(self, run: models.Run, placement: list[int], resume: bool) -> None:
         model = models.get(self.store, run.tenant, run.model_id)
@@ -346,7 +373,7 @@ class Scheduler:
             actors = []
             group = accounts.get_tenant(self.store, run.tenant).placement_group
             for b in run.placement or []:
-                name = _worker_name(group, b)
+                name = pool.worker_name(group, b)
                 try:
                     actors.append(ray.get_actor(name, namespace=NAMESPACE))
                 except ValueError:
@@ -363,29 +390,3 @@ class Scheduler:
             self.active[run.id] = active
         log.info("recovered runs: attached %s, lost %s", attached, lost)
         return {"attached": attached, "lost": lost}
-
-
-def _worker_name(placement_group: str, index: int) -> str:
-    return f"ncloud-worker-{placement_group}-b{index}"
-
-
-def _kill_worker(name: str) -> bool:
-    """Stop a pool worker by name (also one a previous controller made); False if none."""
-    try:
-        worker = ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
-        return False
-    ray.kill(worker, no_restart=True)
-    return True
-
-
-def _wait_released(name: str, timeout_s: float = 30.0) -> None:
-    """Until a killed actor's name is free, so the next worker made by it is a new one."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"pool worker {name} was still registered {timeout_s:g}s after ray.kill")

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -20,65 +21,88 @@ import pytest
 
 from examples.digits import make_digits
 from tests.integration.conftest import CPUS, Server, wait_for
+from tests.integration.lab import TERMINAL, slow_py
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class RayNode:
+    """`ray start --address ... --block` in its own session, with its own temp dir and node
+    cache and a resource named after it; `kill` takes it away the way a lost machine goes."""
+
+    def __init__(self, server: Server, folder: Path, label: str) -> None:
+        self.server, self.label = server, label
+        self.cache = folder / f"{label}-cache"
+        # Ray's socket paths must stay under 108 bytes: a short temp dir of the node's own.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix=f"nc{label}-", dir="/tmp"))
+        env = {
+            **server.env,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(server.home / "ray-auth-token"),
+            "NCLOUD_CACHE_DIR": str(self.cache),
+        }
+        self.log_path = folder / f"{label}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "ray"),
+                "start",
+                "--block",
+                f"--address=127.0.0.1:{server.ports['ray']}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=1",
+                "--resources",
+                json.dumps({label: 1}),
+                f"--temp-dir={self.temp_dir}",
+                "--disable-usage-stats",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: _node(server, label) is not None, 120, f"{label} to join")
+        except AssertionError as exc:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            self.stop()
+            raise AssertionError(f"{exc}; its log ends:\n{tail}") from None
+        self.node_id = _node(server, label)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the node (its raylet with them): no goodbye to Ray."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(ProcessLookupError):  # what the node left in its session
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
 @pytest.fixture
 def second_node(server: Server, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """`ray start --address ... --block` in its own session, with its own temp dir and cache."""
-    cache = tmp_path / "node2-cache"
-    # Ray's socket paths must stay under 108 bytes: a short temp dir of the node's own.
-    temp_dir = Path(tempfile.mkdtemp(prefix="ncn2-", dir="/tmp"))
-    env = {
-        **server.env,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(server.home / "ray-auth-token"),
-        "NCLOUD_CACHE_DIR": str(cache),
-    }
-    log = open(tmp_path / "node2.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            "--block",
-            f"--address=127.0.0.1:{server.ports['ray']}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=1",
-            "--resources",
-            json.dumps({"node2": 1}),
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    node = RayNode(server, tmp_path, "node2")
     try:
-        try:
-            wait_for(lambda: _node(server) is not None, 120, "the second node to join")
-        except AssertionError as exc:
-            tail = (tmp_path / "node2.log").read_text(errors="replace")[-3000:]
-            raise AssertionError(f"{exc}; its log ends:\n{tail}") from None
-        yield {"cache": cache, "node_id": _node(server)}
+        yield {"cache": node.cache, "node_id": node.node_id}
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        node.stop()
 
 
-def _node(server: Server) -> str | None:
+def _node(server: Server, label: str = "node2") -> str | None:
     from ray.util.state import list_nodes
 
     for node in list_nodes(address=server.dashboard_url):
-        if node.state == "ALIVE" and "node2" in (node.resources_total or {}):
+        if node.state == "ALIVE" and label in (node.resources_total or {}):
             return str(node.node_id)
     return None
 
@@ -180,3 +204,70 @@ def _replaced(server: Server, class_name: str, pid: int) -> bool:
         filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
     )
     return len(alive) == 1 and alive[0].pid != pid
+
+
+def test_a_lost_worker_node_sends_its_run_back_to_the_queue_to_resume(
+    server: Server, tmp_path: Path, tenant: Any
+) -> None:
+    """SIGKILL of the node under a run: the API goes on answering, the run goes back to the
+    queue without spending a restart, and resumes from its last checkpoint on the node that
+    replaces the lost one. The closing note's timeline comes from what this prints."""
+    tenant("filler", cpus=CPUS)  # the head is full: the tenant's bundle is on the new node
+    lost = RayNode(server, tmp_path, "node2")
+    replacement = None
+    user = None
+    try:
+        tenant("faraway", cpus=1, memory="1GiB")
+        user = server.client().users.add("lost@example.com", ["faraway"])
+        make_digits(tmp_path / "digits", size=16)
+        out = server.cli(
+            "dataset", "upload", str(tmp_path / "digits" / "valid.tsv"), "--name", "far",
+            "-o", "json", token=user["token"], tenant="faraway", timeout=600,
+        )  # fmt: skip
+        client = server.client(token=user["token"], tenant="faraway")
+        model = client.models.train(
+            "slow", "net.py", slow_py(sleep=0.2), json.loads(out.stdout)["id"], epochs=12
+        )
+        wait_for(
+            lambda: (
+                (m := client.models.show(model["id"]))["status"] == "Running" and m["checkpoints"]
+            ),
+            300,
+            "a checkpoint of the running run",
+        )
+        killed = time.monotonic()
+        lost.kill()
+        answered = wait_for(lambda: server.client().info(), 30, "the API to answer") and (
+            time.monotonic() - killed
+        )
+        queued = wait_for(
+            lambda: (m := client.models.show(model["id"]))["status"] in ("Queued", *TERMINAL) and m,
+            180,
+            "the run to go back to the queue",
+        )
+        requeued = time.monotonic() - killed
+        assert queued["status"] == "Queued", (queued["error"], queued["runs"][-1]["history"])
+        assert queued["restarts"] == 0 and queued["reason"], queued
+        replacement = RayNode(server, tmp_path, "node3")
+        done = wait_for(
+            lambda: (m := client.models.show(model["id"]))["status"] in TERMINAL and m,
+            300,
+            "the run to end",
+        )
+        resumed = time.monotonic() - killed
+        assert done["status"] == "Completed" and done["epochs_done"] == 12, done
+        assert done["restarts"] == 0, done
+        statuses = [h["status"] for h in done["runs"][-1]["history"]]
+        assert statuses.index("Queued", 1) > statuses.index("Running"), statuses
+        log = "\n".join(e["line"] for e in client.models.logs(model["id"])["lines"])
+        assert "resumed from the checkpoint of epoch" in log, log[-2000:]
+        print(
+            f"node loss: killed at 0 s; API answered at {answered:.1f} s; run queued at "
+            f"{requeued:.1f} s; completed on the replacement node at {resumed:.1f} s"
+        )
+    finally:
+        if user is not None:
+            server.client().users.remove("lost@example.com")
+        lost.stop()
+        if replacement is not None:
+            replacement.stop()

@@ -124,3 +124,14 @@ def test_run_metric_and_log_queries_answer_only_for_the_models_tenant(store) -> 
     assert metrics.epochs(store, "u", model.id) == []
     assert metrics.lines(store, "u", model.id) == []
     assert [x["line"] for x in metrics.lines(store, "t", model.id)] == ["secret"]
+
+
+def test_only_a_worker_that_died_with_its_node_owes_no_restart() -> None:
+    from ray.exceptions import RayActorError
+
+    from jobs.training.pool import node_lost
+
+    with_node = RayActorError("ab", "The actor died because its node has died. Node Id: ab")
+    assert node_lost(with_node)
+    assert not node_lost(RayActorError("ab", "The actor died unexpectedly (SIGKILL)"))
+    assert not node_lost(RuntimeError("its node has died"))  # not Ray's word for it
