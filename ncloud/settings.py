@@ -50,6 +50,9 @@ class Settings:
     # Host folder holding each sandbox's own folder (inputs, outputs, volumes).
     # Default NCLOUD_HOME/sandboxes.
     sandbox_dir: Path
+    # The Ray autoscaler's config (its node types say how far the cluster may grow).
+    # Default: ~/ray_bootstrap_config.yaml, which Ray's cluster launcher writes on the head.
+    autoscaler_config: Path
 
 
 @functools.cache
@@ -72,4 +75,7 @@ def settings() -> Settings:
         single_tenant=os.environ.get("NCLOUD_SINGLE_TENANT", "0") not in ("", "0", "false"),
         warm_workers=os.environ.get("NCLOUD_WARM_WORKERS", "1") not in ("", "0", "false"),
         sandbox_dir=Path(os.environ.get("NCLOUD_SANDBOX_DIR") or home / "sandboxes").expanduser(),
+        autoscaler_config=Path(
+            os.environ.get("NCLOUD_AUTOSCALER_CONFIG") or Path.home() / "ray_bootstrap_config.yaml"
+        ).expanduser(),
     )

@@ -35,6 +35,14 @@ def _one_at_a_time(lock: threading.Lock, fn: Callable[[], Any]) -> Callable[[], 
     return locked
 
 
+PENDING_REASON = "larger than the nodes there are now: waiting for the autoscaler to add nodes"
+
+
+def _grown() -> reservations.Resources | None:
+    """How far the autoscaler may grow the cluster (None: no autoscaler here)."""
+    return reservations.grown_total(settings().autoscaler_config)
+
+
 def _reply(fn: Callable[[], Any]) -> dict[str, Any]:
     try:
         return {"ok": fn()}
@@ -197,12 +205,12 @@ class Controller:
             want = Resources(cpus, gpus, memory)
             if accounts.tenant_exists(self.store, name):
                 accounts.create_tenant(self.store, name, cpus, gpus, memory)  # raises Conflict
-            reservations.check_fit(
-                want, reservations.cluster_total(), self._reserved_by_others(None)
+            now = reservations.check_fit(
+                want, reservations.cluster_total(), self._reserved_by_others(None), _grown()
             )
             tenant = accounts.create_tenant(self.store, name, cpus, gpus, memory)
             try:
-                reservations.create(tenant.placement_group, want)
+                reservations.create(tenant.placement_group, want, wait=now)
             except NcloudError:
                 schema.delete_tenant(self.store, name, force=True)
                 raise
@@ -226,8 +234,8 @@ class Controller:
                     f"tenant {name!r} has training runs or deployments: end them before resizing"
                 )
             want = Resources(cpus, gpus, memory)
-            reservations.check_fit(
-                want, reservations.cluster_total(), self._reserved_by_others(name)
+            now = reservations.check_fit(
+                want, reservations.cluster_total(), self._reserved_by_others(name), _grown()
             )
             # A placement group cannot grow in place: free the old one, place the new one,
             # and put the old one back if the new one does not fit after all.
@@ -235,7 +243,7 @@ class Controller:
             reservations.wait_removed(old.placement_group)
             new = accounts.resize_tenant(self.store, name, cpus, gpus, memory)
             try:
-                reservations.create(new.placement_group, want)
+                reservations.create(new.placement_group, want, wait=now)
             except NcloudError:
                 accounts.resize_tenant(self.store, name, old.cpus, old.gpus, old.memory)
                 restored = accounts.get_tenant(self.store, name)
@@ -288,6 +296,8 @@ class Controller:
             "in_use": in_use.as_dict(),
             "placement_group": tenant.placement_group,
             "state": live["state"] if live else "MISSING",
+            # Pending: larger than the nodes there are; the autoscaler adds nodes for it
+            "reason": PENDING_REASON if live and live["state"] == "PENDING" else None,
             "bundles": bundles,
             "training_bundles": sorted(training),
         }

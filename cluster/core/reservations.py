@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ncloud.errors import QuotaExceeded
 from ncloud.validation import format_size
@@ -53,18 +56,58 @@ def bundles_for(want: Resources) -> list[dict[str, float]]:
     return shapes
 
 
-def check_fit(want: Resources, total: Resources, reserved_by_others: Resources) -> None:
-    """Refuse at once, saying what is free, when the cluster cannot hold the reservation."""
-    free = total.minus(reserved_by_others)
+def check_fit(
+    want: Resources,
+    total: Resources,
+    reserved_by_others: Resources,
+    grown: Resources | None = None,
+) -> bool:
+    """True when the cluster holds the reservation now, False when only the cluster the
+    autoscaler may grow to does (`grown`); refuses at once, saying what is free, when
+    neither does."""
+    short = _short(want, total.minus(reserved_by_others))
+    if short is None:
+        return True
+    if grown is not None and _short(want, grown.minus(reserved_by_others)) is None:
+        return False
+    label, have, asked = short
+    raise QuotaExceeded(
+        f"cluster has {have} {label} unreserved; tenant asks for {asked}"
+        + (" (and the autoscaler cannot grow it that far)" if grown is not None else "")
+    )
+
+
+def _short(want: Resources, free: Resources) -> tuple[str, str, str] | None:
+    """(what, how much is free, how much is asked) of the first thing that does not fit.
+    A negative free memory means "not known" (node types that do not declare it)."""
     for label, asked, have, fmt in (
         ("CPUs", want.cpus, free.cpus, lambda v: f"{v:g}"),
         ("GPUs", want.gpus, free.gpus, lambda v: f"{v:g}"),
         ("memory", want.memory, free.memory, format_size),
     ):
-        if asked > have:
-            raise QuotaExceeded(
-                f"cluster has {fmt(max(have, 0))} {label} unreserved; tenant asks for {fmt(asked)}"
-            )
+        if asked > have and not (label == "memory" and have < 0):
+            return label, fmt(max(have, 0)), fmt(asked)
+    return None
+
+
+def grown_total(config: Path) -> Resources | None:
+    """The most the autoscaler may grow the cluster to: the head plus every worker node
+    type at its max_workers, from the autoscaler's config; None without one. Memory counts
+    only if every node type declares it (else it is "not known": -1)."""
+    if not config.is_file():
+        return None
+    found = yaml.safe_load(config.read_text()) or {}
+    types: dict[str, Any] = found.get("available_node_types") or {}
+    cpus = gpus = 0.0
+    memory, known = 0, True
+    for name, node in types.items():
+        count = 1 if name == found.get("head_node_type") else int(node.get("max_workers", 0))
+        res = node.get("resources") or {}
+        cpus += float(res.get("CPU", 0)) * count
+        gpus += float(res.get("GPU", 0)) * count
+        known = known and "memory" in res
+        memory += int(res.get("memory", 0)) * count
+    return Resources(cpus, gpus, memory if known else -(1 << 62))
 
 
 def gpu_resources(group_id: str, bundle: int | None, gpus: int) -> dict[str, float]:
@@ -87,11 +130,14 @@ def cluster_total() -> Resources:
     )
 
 
-def create(name: str, want: Resources, timeout_s: float = 30.0) -> None:
-    """Create the placement group and wait until Ray has placed it, or remove it and refuse."""
+def create(name: str, want: Resources, timeout_s: float = 30.0, wait: bool = True) -> None:
+    """Create the placement group and wait until Ray has placed it, or remove it and refuse.
+    Without `wait` it stays Pending: its demand is what makes the autoscaler add nodes."""
     from ray.util.placement_group import placement_group, remove_placement_group
 
     group = placement_group(bundles_for(want), strategy="PACK", name=name, lifetime="detached")
+    if not wait:
+        return
     try:
         import ray
 

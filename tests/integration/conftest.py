@@ -185,6 +185,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, s3: S3) -> Iterator[Server]
             "PYTHONUNBUFFERED": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
             "NCLOUD_S3_ENDPOINT_URL": s3.proxy.url,
+            # absent unless a test writes it: then the cluster "may grow" as it says
+            "NCLOUD_AUTOSCALER_CONFIG": str(home / "autoscaler.yaml"),
             **CREDENTIALS,
         }
     )

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from examples.digits import make_digits
+from ncloud.errors import NcloudError, QuotaExceeded
 from tests.integration.conftest import CPUS, Server, wait_for
 from tests.integration.lab import TERMINAL, slow_py
 
@@ -271,3 +272,38 @@ def test_a_lost_worker_node_sends_its_run_back_to_the_queue_to_resume(
         lost.stop()
         if replacement is not None:
             replacement.stop()
+
+
+def test_a_tenant_larger_than_the_nodes_waits_for_the_autoscaler(
+    server: Server, tmp_path: Path, tenant: Any
+) -> None:
+    """With an autoscaler that may add one 1-CPU node, a tenant of CPUS + 1 is accepted and
+    Pending with a reason until a node joins; one larger than that is refused at once."""
+    config = server.home / "autoscaler.yaml"
+    config.write_text(
+        "head_node_type: head\navailable_node_types:\n"
+        f"  head: {{resources: {{CPU: {CPUS}}}, max_workers: 0}}\n"
+        "  grow: {resources: {CPU: 1}, max_workers: 1}\n"
+    )
+    node = None
+    try:
+        with pytest.raises(QuotaExceeded, match="autoscaler cannot grow it that far"):
+            tenant("huge", cpus=CPUS + 2)
+        made = tenant("grows", cpus=CPUS + 1)
+        assert made["state"] == "PENDING" and "autoscaler" in made["reason"], made
+        node = RayNode(server, tmp_path, "grown")  # what the autoscaler would have launched
+        placed = wait_for(
+            lambda: (
+                (r := server.client().tenants.show("grows")["reservation"])["state"] == "CREATED"
+                and r
+            ),
+            120,
+            "the reservation to be placed on the new node",
+        )
+        assert placed["reason"] is None
+    finally:
+        config.unlink()
+        if node is not None:
+            with contextlib.suppress(NcloudError):
+                server.client().tenants.remove("grows", force=True)
+            node.stop()
