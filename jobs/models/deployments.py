@@ -311,10 +311,24 @@ def ensure_missing(store: Store, tenant: str, model_id: int) -> None:
         raise Conflict(f"model {model_id} is {found.status.value}: undeploy it first")
 
 
+ACTIVE = {models.RunStatus.STARTING, models.RunStatus.RUNNING}
+
+
 def training_bundles(store: Store, tenant: str) -> set[int]:
     """Bundles of the tenant's reservation held by Starting or Running training runs."""
-    active = models.runs_in(store, {models.RunStatus.STARTING, models.RunStatus.RUNNING})
-    return {b for r in active if r.tenant == tenant for b in r.placement or []}
+    return {b for r in models.tenant_runs_in(store, tenant, ACTIVE) for b in r.placement or []}
+
+
+def bundles_in_use_across_tenants(store: Store) -> dict[str, set[int]]:
+    """tenant -> its bundles held by training runs or deployments, every tenant in two
+    queries (what a tick of the scheduler reads, however many tenants there are)."""
+    held: dict[str, set[int]] = {}
+    for run in models.runs_in(store, ACTIVE):
+        held.setdefault(run.tenant, set()).update(run.placement or [])
+    active = {s for s in DeploymentStatus if s.holds_bundles()}
+    for dep in all_in(store, active):
+        held.setdefault(dep.tenant, set()).update(dep.placement)
+    return held
 
 
 def bundles_in_use(store: Store, tenant: str) -> set[int]:

@@ -278,9 +278,20 @@ def options_of(store: Store, model_ids: list[int]) -> dict[int, TrainOptions]:
     return {int(r[0]): TrainOptions(**json.loads(r[1])) for r in rows}
 
 
+def tenant_runs_in(store: Store, tenant: str, statuses: set[RunStatus]) -> list[Run]:
+    """The tenant's runs in these statuses, in queue order."""
+    with store.read() as conn:
+        rows = conn.execute(
+            _runs_of(tenant)
+            .where(runs.c.status.in_([s.value for s in statuses]))
+            .order_by(runs.c.priority.desc(), runs.c.id)
+        ).all()
+    return [run_of(tenant, r) for r in rows]
+
+
 def queue_positions(store: Store, tenant: str) -> dict[int, int]:
     """model id -> 1-based place in the tenant's queue, for its queued runs."""
-    queued = [r for r in runs_in(store, {RunStatus.QUEUED}) if r.tenant == tenant]
+    queued = tenant_runs_in(store, tenant, {RunStatus.QUEUED})
     return {r.model_id: i for i, r in enumerate(queued, start=1)}
 
 

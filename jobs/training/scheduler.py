@@ -32,6 +32,7 @@ from jobs.models.state import RunStatus
 from jobs.training import pool, queue
 from jobs.training.config import Outcome, TrainConfig, WorkerJob
 from jobs.training.pool import Active
+from jobs.training.waiting import Waiting, read_waiting
 from jobs.training.worker import TrainWorker
 from ncloud.errors import Conflict, NcloudError
 
@@ -192,30 +193,21 @@ class Scheduler:
     # -- admission -----------------------------------------------------------------------
 
     def _admit(self) -> None:
-        queued = models.runs_in(self.store, {RunStatus.QUEUED})
-        if not queued:
-            return
-        by_tenant: dict[str, list[models.Run]] = {}
-        for run in queued:
-            by_tenant.setdefault(run.tenant, []).append(run)
-        for tenant, waiting in by_tenant.items():
-            self._admit_tenant(tenant, waiting)
+        for w in read_waiting(self.store):
+            self._admit_tenant(w)
 
-    def _admit_tenant(self, tenant: str, waiting: list[models.Run]) -> None:
-        t = accounts.get_tenant(self.store, tenant)
-        if not pool.reservation_placed(t.placement_group):  # e.g. a node of it was lost
+    def _admit_tenant(self, w: Waiting) -> None:
+        waiting = w.runs
+        if not pool.reservation_placed(w.tenant.placement_group):  # e.g. a node was lost
             for run in waiting:
                 if run.reason != REPLACING:
                     models.update_run(self.store, run.id, reason=REPLACING)
             return
-        bundles = t.bundles
-        busy = deployments.bundles_in_use(self.store, tenant)
-        options = models.options_of(self.store, [run.model_id for run in waiting])
         requests = [
-            queue.Request(run.id, options[run.model_id].workers, options[run.model_id].gpus)
+            queue.Request(run.id, w.options[run.model_id].workers, w.options[run.model_id].gpus)
             for run in waiting
         ]
-        decided = queue.admit(bundles, busy, requests)
+        decided = queue.admit(w.tenant.bundles, w.busy, requests)
         for run in waiting:
             if run.id in decided.started:
                 chosen = decided.started[run.id]

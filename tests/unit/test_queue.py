@@ -135,3 +135,21 @@ def test_only_a_worker_that_died_with_its_node_owes_no_restart() -> None:
     assert node_lost(with_node)
     assert not node_lost(RayActorError("ab", "The actor died unexpectedly (SIGKILL)"))
     assert not node_lost(RuntimeError("its node has died"))  # not Ray's word for it
+
+
+def test_what_a_tick_reads_is_each_tenants_own(store) -> None:  # type: ignore[no-untyped-def]
+    from jobs.models import deployments
+    from jobs.training.waiting import read_waiting
+
+    model, run = _model(store)
+    accounts.create_tenant(store, "u", 1, 0, 0)
+    assert [r.id for r in models.tenant_runs_in(store, "t", {RunStatus.QUEUED})] == [run.id]
+    assert models.tenant_runs_in(store, "u", {RunStatus.QUEUED}) == []
+    (waiting,) = read_waiting(store)
+    assert waiting.tenant.name == "t" and [r.id for r in waiting.runs] == [run.id]
+    assert waiting.busy == set() and model.id in waiting.options
+    models.move(store, run.id, RunStatus.STARTING, placement=[0])
+    assert read_waiting(store) == []
+    assert deployments.bundles_in_use_across_tenants(store) == {"t": {0}}
+    assert deployments.training_bundles(store, "u") == set()
+    assert deployments.training_bundles(store, "t") == {0}
