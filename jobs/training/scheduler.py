@@ -40,6 +40,7 @@ log = logging.getLogger("ncloud.scheduler")
 TICK_S = 0.1
 STOP_GRACE_S = 30.0
 UNREACHABLE_RETRY_S = 1.0
+ADMIT_EVERY_S = 1.0
 REPLACING = "the reservation is being placed (again, if a node of it was lost)"
 
 
@@ -56,11 +57,17 @@ class Scheduler:
     # -- the loop --------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        admitted = 0.0
         while True:
             try:
                 with self.lock:
-                    self._collect()
-                    self._admit()
+                    ended = self._collect()
+                    # The queue changes when a run is submitted (wake), a worker ends, or a
+                    # reservation is placed (looked at every ADMIT_EVERY_S): not every tick.
+                    if ended or self.wake.is_set() or time.monotonic() - admitted > ADMIT_EVERY_S:
+                        self.wake.clear()
+                        self._admit()
+                        admitted = time.monotonic()
                     refs = self._refs()
             except Exception:
                 log.exception("scheduler tick failed")
@@ -69,14 +76,15 @@ class Scheduler:
                 ray.wait(refs, num_returns=1, timeout=TICK_S)
             else:
                 self.wake.wait(0.5)
-            self.wake.clear()
 
     def _refs(self) -> list[Any]:
         return [ref for a in self.active.values() for ref in a.refs]
 
-    def _collect(self) -> None:
+    def _collect(self) -> bool:
+        """Take the outcomes of workers that ended; whether any did."""
         refs = self._refs()
         ready = ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
+        ended = bool(ready)
         for ref in ready:
             for active in list(self.active.values()):
                 if ref in active.refs:
@@ -96,6 +104,8 @@ class Scheduler:
                     active.refs[active.actors[rank].wait.remote(active.key)] = rank
             if not active.refs and not active.unreachable and active.results:
                 self._settle(active)  # lost at recovery, or a launch that failed
+                ended = True
+        return ended
 
     def _outcome(self, ref: Any) -> dict[str, Any] | None:
         """A worker's result; None while Ray cannot reach it but has not declared it dead
