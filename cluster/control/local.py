@@ -28,7 +28,7 @@ import httpx
 
 from cluster.control import schema
 from cluster.control.attach import check_reachable, connect
-from cluster.core import accounts
+from cluster.core import accounts, storage
 from cluster.core.names import CONTROLLER, NAMESPACE, ON_HEAD, control_plane_env
 from ncloud.errors import Conflict, NcloudError, ServerError
 from ncloud.protocol import API_PREFIX
@@ -249,6 +249,7 @@ def start(
                 f"{exc.message}. Tenant code runs only in a sandbox, so the server does not "
                 "start; on a one-person machine, --single-tenant runs it unsandboxed"
             ) from exc
+    storage.check_writable(s.storage)  # a missing bucket says so now, not at the first upload
     schema.open_store(s.db_url).dispose()  # created or upgraded before anything starts
     log_path = s.home / "logs" / "server.log"
     pid = None

@@ -15,7 +15,7 @@ from typing import Any
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
-from ncloud.errors import InvalidInput, NotFound, PayloadTooLarge
+from ncloud.errors import InvalidInput, NotFound, PayloadTooLarge, ServerError
 from ncloud.manifest import resolve_path
 from ncloud.settings import settings
 from ncloud.validation import format_size
@@ -142,3 +142,24 @@ def size_of(url: str) -> int:
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     return bytes(fs.cat_file(path))
+
+
+def check_writable(url: str | None = None) -> None:
+    """Write and remove one small object under the storage root, or say in one line why
+    not (a bucket that does not exist, no credentials, an endpoint that does not answer):
+    the server checks this before it starts."""
+    root = url or settings().storage
+    probe = join(root, ".ncloud-probe", uuid.uuid4().hex)
+    try:
+        fs, path = filesystem(probe)
+        if "://" not in root or root.startswith(("file://", "local://")):
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)  # never a bucket: S3 says
+        fs.pipe_file(path, b"ok")
+        fs.rm_file(path)
+    except InvalidInput:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ServerError(
+            f"cannot write to NCLOUD_STORAGE={root}: {type(exc).__name__}: {reason[:200]}"
+        ) from None

@@ -9,15 +9,17 @@ import subprocess
 import sys
 import time
 
+import boto3
+import fsspec
 import pytest
 
 from cluster.control import schema
 from cluster.control.attach import check_reachable
-from cluster.core import tokens
+from cluster.core import storage, tokens
 from cluster.core.store import Store
 from ncloud.errors import InvalidInput, ServerUnreachable
 from ncloud.settings import settings
-from tests.s3 import free_port
+from tests.s3 import CREDENTIALS, MotoServer, free_port
 
 
 def _ncloud(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -73,3 +75,34 @@ def test_admin_token_reset_mints_a_token_that_authenticates(store: Store) -> Non
         user = tokens.authenticate(store, token)
         assert user.is_admin and user.email == "admin@ncloud.local"
     assert _admins(store.url) == 1
+
+
+def test_a_bucket_that_does_not_exist_fails_start_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    moto = MotoServer()
+    try:
+        for key, value in {**CREDENTIALS, "NCLOUD_S3_ENDPOINT_URL": moto.url}.items():
+            monkeypatch.setenv(key, value)
+        settings.cache_clear()
+        monkeypatch.setitem(fsspec.config.conf, "s3", {})  # this test's endpoint, undone after
+        storage.configure_fsspec()
+        s3 = boto3.client("s3", endpoint_url=moto.url, **_boto_credentials())
+        s3.create_bucket(Bucket="there")
+        storage.check_writable("s3://there/ncloud")  # an existing bucket: fine
+        monkeypatch.setenv("NCLOUD_STORAGE", "s3://no-such-bucket/ncloud")
+        out = _ncloud("server", "start", "--single-tenant")
+        assert out.returncode == 1, out.stderr
+        last = out.stderr.strip().splitlines()[-1]
+        assert "NCLOUD_STORAGE=s3://no-such-bucket/ncloud" in last, out.stderr
+        assert "Traceback" not in out.stderr
+    finally:
+        moto.stop()
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": CREDENTIALS["AWS_DEFAULT_REGION"],
+    }
