@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster.control import schema
+from cluster.control import lease, schema
 from cluster.core import accounts, reservations
 from cluster.core.reservations import Resources
 from cluster.core.store import open_store
@@ -58,6 +59,7 @@ class Controller:
         self.store = open_store(db_url)
         self.ingests: dict[int, threading.Thread] = {}
         self.tenant_lock = threading.Lock()  # create, resize, delete: one at a time
+        threading.Thread(target=self._renew_lease, name="lease", daemon=True).start()
         self.reconciled = self.reconcile()
         self.resumed = self._resume_ingests()
         from jobs.training.scheduler import Scheduler
@@ -117,6 +119,17 @@ class Controller:
         )
         self.ingests[dataset_id] = worker
         worker.start()
+
+    def _renew_lease(self) -> None:
+        """Keep this store's control-plane lease (cluster/control/lease.py) fresh."""
+        owner = lease.owner_id(settings().home)
+        while True:
+            try:
+                if not lease.renew(self.store, owner):
+                    lease.claim(self.store, owner)  # no row (a store reset): take it again
+            except NcloudError as exc:  # the store is away, or another holds the lease
+                log.error("control-plane lease: %s", exc.message)
+            time.sleep(lease.RENEW_S)
 
     def ingest_dataset(self, tenant: str, dataset_id: int) -> dict[str, Any]:
         """Move the dataset to Ingesting and ingest it in the background."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from cluster.control import schema
+from cluster.control import lease, schema
 from cluster.control.attach import check_reachable, connect
 from cluster.core import accounts, storage
 from cluster.core.names import CONTROLLER, NAMESPACE, ON_HEAD, control_plane_env
@@ -249,21 +249,27 @@ def start(
                 f"{exc.message}. Tenant code runs only in a sandbox, so the server does not "
                 "start; on a one-person machine, --single-tenant runs it unsandboxed"
             ) from exc
-    storage.check_writable(s.storage)  # a missing bucket says so now, not at the first upload
-    schema.open_store(s.db_url).dispose()  # created or upgraded before anything starts
-    log_path = s.home / "logs" / "server.log"
-    pid = None
     if address is not None:
         check_reachable(address)
-    if address is None:
-        # Sandboxes of a head that is gone left their folders: nothing on this node uses them.
-        shutil.rmtree(s.sandbox_dir, ignore_errors=True)
-        os.environ.update(ray_auth_env())
-        pid = _start_head(cpus, gpus, ray_port, dashboard_port, log_path)
-        address = f"127.0.0.1:{ray_port}"
+    storage.check_writable(s.storage)  # a missing bucket says so now, not at the first upload
+    owner = lease.owner_id(s.home)
+    store = schema.open_store(s.db_url)  # created or upgraded before anything starts
+    try:
+        lease.claim(store, owner)  # one control plane per store
+    finally:
+        store.dispose()
+    log_path = s.home / "logs" / "server.log"
+    pid = None
     loopback = "127.0.0.1" if api_host in ("0.0.0.0", "::") else api_host
     api_url = f"http://{loopback}:{api_port}{API_PREFIX}"
     try:
+        if address is None:
+            # Sandboxes of a head that is gone left their folders: nothing on this node
+            # uses them.
+            shutil.rmtree(s.sandbox_dir, ignore_errors=True)
+            os.environ.update(ray_auth_env())
+            pid = _start_head(cpus, gpus, ray_port, dashboard_port, log_path)
+            address = f"127.0.0.1:{ray_port}"
         deploy_control_plane(address, api_host, api_port)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not healthy(api_url):
@@ -273,6 +279,8 @@ def start(
     except BaseException:
         if pid is not None:
             _kill_group(pid)
+        with contextlib.suppress(NcloudError):  # the start's own error is the one to say
+            _release_lease(owner)
         raise
     state = ServerState(
         api_url=api_url,
@@ -352,8 +360,17 @@ def stop() -> dict[str, Any]:
             raise ServerError(f"could not reach the cluster at {state.ray_address}: {exc}") from exc
     else:
         _kill_group(state.pid)
+    _release_lease(lease.owner_id(settings().home))
     _state_path().unlink(missing_ok=True)
     return {"stopped": True, "api_url": state.api_url, "pid": state.pid}
+
+
+def _release_lease(owner: str) -> None:
+    store = schema.open_store(settings().db_url)
+    try:
+        lease.release(store, owner)
+    finally:
+        store.dispose()
 
 
 def status() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Table, inspect, text
 
+from cluster.control import lease  # noqa: F401  (its table is in metadata)
 from cluster.core import accounts
 from cluster.core.store import SCHEMA_VERSION, Store, metadata
 from jobs.batches.state import batch_predictions
@@ -87,6 +88,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     5: _add_deployment_batching,
     6: _add_batch_volumes,
     7: _widen_counts,
+    8: _create_missing_tables,  # the control plane's lease
 }
 
 

@@ -31,7 +31,7 @@ from ncloud.errors import SchemaMismatch, Unavailable
 metadata = MetaData()
 
 # Bump when a table changes; cluster/control/schema.py holds the step from N-1 to N.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 schema_table = Table(
     "ncloud_schema",

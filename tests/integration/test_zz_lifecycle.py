@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import Server, wait_for
+from tests.s3 import free_port
 
 
 def _actor_pid(server: Server, class_name: str) -> int:
@@ -33,6 +37,27 @@ def _restarted(server: Server, class_name: str, pid: int) -> Callable[[], bool]:
 def _snapshot(server: Server) -> tuple[list[str], list[str]]:
     c = server.client()
     return sorted(t["name"] for t in c.tenants.list()), sorted(u["email"] for u in c.users.list())
+
+
+def test_a_second_server_on_the_same_store_is_refused(server: Server, tmp_path: Path) -> None:
+    """Another home (another machine) pointed at this server's store: it would schedule the
+    same runs, so `server start` refuses before starting anything, naming the holder."""
+    env = {
+        **server.env,
+        "NCLOUD_HOME": str(tmp_path / "other-home"),
+        "NCLOUD_RC": str(tmp_path / "other-rc"),
+        "NCLOUD_DB_URL": f"sqlite:///{server.home / 'ncloud.db'}",
+    }
+    ports = [str(free_port()) for _ in range(3)]
+    out = subprocess.run(
+        [sys.executable, "-m", "ncloud.cli.main", "server", "start", "--single-tenant",
+         "--port", ports[0], "--ray-port", ports[1], "--dashboard-port", ports[2]],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert "another ncloud control plane" in out.stderr.strip().splitlines()[-1], out.stderr
+    assert not (tmp_path / "other-home" / "server.json").exists()
+    server.client().info()  # the first one goes on
 
 
 def test_sigkill_of_the_control_plane_loses_nothing(server: Server) -> None:
