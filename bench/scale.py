@@ -94,15 +94,11 @@ def load(store: Any, tenants: int, per_tenant: int) -> tuple[str, int]:
 def tick(store: Any) -> int:
     """The store side of Scheduler._admit (jobs.training.waiting), and its decisions."""
     from jobs.training import queue
-    from jobs.training.waiting import read_waiting
+    from jobs.training.waiting import read_waiting_across_tenants
 
     started = 0
-    for w in read_waiting(store):
-        requests = [
-            queue.Request(r.id, w.options[r.model_id].workers, w.options[r.model_id].gpus)
-            for r in w.runs
-        ]
-        started += len(queue.admit(w.tenant.bundles, w.busy, requests).started)
+    for w in read_waiting_across_tenants(store):
+        started += len(queue.admit(w.tenant.bundles, w.busy, w.requests()).started)
     return started
 
 

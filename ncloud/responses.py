@@ -8,6 +8,7 @@ on Python 3.11.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, NotRequired
 
 from typing_extensions import TypedDict
@@ -16,6 +17,11 @@ from typing_extensions import TypedDict
 class Mounted(TypedDict):
     id: int
     path: str
+
+
+def mounted(volumes: Iterable[Mapping[str, Any]]) -> list[Mounted]:
+    """Stored volume mounts ({"id", "path"} dicts) as an answer lists them."""
+    return [{"id": int(v["id"]), "path": str(v["path"])} for v in volumes]
 
 
 class FileSize(TypedDict):

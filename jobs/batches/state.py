@@ -137,7 +137,7 @@ class Batch:
             "bad_rows": self.bad_rows,
             "error": self.error,
             "result": self.result,
-            "volumes": [{"id": int(v["id"]), "path": str(v["path"])} for v in self.volumes],
+            "volumes": responses.mounted(self.volumes),
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }

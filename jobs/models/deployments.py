@@ -137,7 +137,7 @@ class Deployment:
             "max_batch": b.max_batch,
             "batch_wait_ms": b.batch_wait_ms,
             "max_queue": b.max_queue,
-            "volumes": [{"id": int(v["id"]), "path": str(v["path"])} for v in b.volumes],
+            "volumes": responses.mounted(b.volumes),
             "route": route(self.model_id),
             "token_active": self.has_token,
             "error": self.error,

@@ -32,7 +32,7 @@ from jobs.models.state import RunStatus
 from jobs.training import pool, queue
 from jobs.training.config import Outcome, TrainConfig, WorkerJob
 from jobs.training.pool import Active
-from jobs.training.waiting import Waiting, read_waiting
+from jobs.training.waiting import Waiting, read_waiting_across_tenants
 from jobs.training.worker import TrainWorker
 from ncloud.errors import Conflict, NcloudError
 
@@ -203,7 +203,7 @@ class Scheduler:
     # -- admission -----------------------------------------------------------------------
 
     def _admit(self) -> None:
-        for w in read_waiting(self.store):
+        for w in read_waiting_across_tenants(self.store):
             self._admit_tenant(w)
 
     def _admit_tenant(self, w: Waiting) -> None:
@@ -213,11 +213,7 @@ class Scheduler:
                 if run.reason != REPLACING:
                     models.update_run(self.store, run.id, reason=REPLACING)
             return
-        requests = [
-            queue.Request(run.id, w.options[run.model_id].workers, w.options[run.model_id].gpus)
-            for run in waiting
-        ]
-        decided = queue.admit(w.tenant.bundles, w.busy, requests)
+        decided = queue.admit(w.tenant.bundles, w.busy, w.requests())
         for run in waiting:
             if run.id in decided.started:
                 chosen = decided.started[run.id]

@@ -11,6 +11,7 @@ from cluster.core.store import Store
 from jobs.models import deployments
 from jobs.models import state as models
 from jobs.models.options import TrainOptions
+from jobs.training import queue
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,16 @@ class Waiting:
     busy: set[int]  # bundles held by its runs and deployments
     options: dict[int, TrainOptions]  # model id -> options
 
+    def requests(self) -> list[queue.Request]:
+        """What admission weighs: each queued run's workers and GPUs, in queue order."""
+        return [
+            queue.Request(r.id, self.options[r.model_id].workers, self.options[r.model_id].gpus)
+            for r in self.runs
+        ]
 
-def read_waiting(store: Store) -> list[Waiting]:
+
+def read_waiting_across_tenants(store: Store) -> list[Waiting]:
+    """For the scheduler (trusted): every tenant with queued runs."""
     queued = models.runs_in(store, {models.RunStatus.QUEUED})
     if not queued:
         return []

@@ -72,7 +72,7 @@ def describe(
         "keep_checkpoints": o.keep_checkpoints,
         "priority": o.priority,
         "seed": o.seed,
-        "volumes": [{"id": int(v["id"]), "path": str(v["path"])} for v in o.volumes],
+        "volumes": responses.mounted(o.volumes),
         "created_at": model.created_at.isoformat(),
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "ended_at": run.ended_at.isoformat() if run.ended_at else None,

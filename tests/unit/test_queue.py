@@ -139,17 +139,17 @@ def test_only_a_worker_that_died_with_its_node_owes_no_restart() -> None:
 
 def test_what_a_tick_reads_is_each_tenants_own(store) -> None:  # type: ignore[no-untyped-def]
     from jobs.models import deployments
-    from jobs.training.waiting import read_waiting
+    from jobs.training.waiting import read_waiting_across_tenants
 
     model, run = _model(store)
     accounts.create_tenant(store, "u", 1, 0, 0)
     assert [r.id for r in models.tenant_runs_in(store, "t", {RunStatus.QUEUED})] == [run.id]
     assert models.tenant_runs_in(store, "u", {RunStatus.QUEUED}) == []
-    (waiting,) = read_waiting(store)
+    (waiting,) = read_waiting_across_tenants(store)
     assert waiting.tenant.name == "t" and [r.id for r in waiting.runs] == [run.id]
     assert waiting.busy == set() and model.id in waiting.options
     models.move(store, run.id, RunStatus.STARTING, placement=[0])
-    assert read_waiting(store) == []
+    assert read_waiting_across_tenants(store) == []
     assert deployments.bundles_in_use_across_tenants(store) == {"t": {0}}
     assert deployments.training_bundles(store, "u") == set()
     assert deployments.training_bundles(store, "t") == {0}
