@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -306,8 +307,14 @@ def test_a_full_replica_answers_503_with_retry_after_and_recovers(
     dep = deployed(client, mlp, max_queue=3, max_batch=64, batch_wait_ms=1000)
     assert (dep["max_queue"], dep["max_batch"], dep["batch_wait_ms"]) == (3, 64, 1000)
     two = [("file", (f"x{i}.json", json.dumps([0.0] * 64))) for i in range(2)]
+    together = threading.Barrier(8)  # all 8 at once: a staggered start can all fit
+
+    def flood(_: int) -> httpx.Response:
+        together.wait(timeout=30)
+        return post(server, mlp, shop["token"], files=two)
+
     with ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(lambda _: post(server, mlp, shop["token"], files=two), range(8)))
+        replies = list(pool.map(flood, range(8)))
     codes = sorted(r.status_code for r in replies)
     assert set(codes) <= {200, 503}, [(r.status_code, r.text[:200]) for r in replies]
     assert 200 in codes and 503 in codes, codes
