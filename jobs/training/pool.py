@@ -26,6 +26,18 @@ class Active:
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     stopping: bool = False
     unreachable: dict[int, float] = field(default_factory=dict)  # rank -> when to ask again
+    stop_by: float | None = None  # monotonic time by which every stopped rank must answer
+
+    def stop_within(self, seconds: float) -> None:
+        """Note a stop sent now: a rank still silent `seconds` after it is killed."""
+        by = time.monotonic() + seconds
+        self.stop_by = by if self.stop_by is None else min(self.stop_by, by)
+
+    def overdue(self) -> list[int]:
+        """The ranks that have not answered a stop in time (stuck in native code, say)."""
+        if self.stop_by is None or time.monotonic() < self.stop_by:
+            return []
+        return sorted({*self.refs.values(), *self.unreachable})
 
 
 # What Ray says of an actor whose node went away (the GCS's ActorDiedErrorContext).

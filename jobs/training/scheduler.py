@@ -40,6 +40,9 @@ log = logging.getLogger("ncloud.scheduler")
 TICK_S = 0.1
 STOP_GRACE_S = 30.0
 UNREACHABLE_RETRY_S = 1.0
+# A worker's stop(grace) kills its sandbox after the grace and waits 30 s more for it; a
+# rank silent past that (and this margin) is stuck, so its worker is killed: a stop wins.
+STOP_MARGIN_S = 45.0
 ADMIT_EVERY_S = 1.0
 REPLACING = "the reservation is being placed (again, if a node of it was lost)"
 
@@ -98,6 +101,7 @@ class Scheduler:
                         self._forget(active.actors[rank])
                     self._settle(active)
         for active in list(self.active.values()):
+            self._kill_overdue(active)
             for rank, when in list(active.unreachable.items()):
                 if time.monotonic() >= when:
                     del active.unreachable[rank]
@@ -124,6 +128,18 @@ class Scheduler:
                 "node_lost": lost,
             }
 
+    def _kill_overdue(self, active: Active) -> None:
+        """Kill the workers of ranks that did not answer a stop in time: their wait() then
+        fails as a dead worker's, and the run ends (or restarts) without them."""
+        overdue = active.overdue()
+        if not overdue:
+            return
+        active.stop_by = None
+        for rank in overdue:
+            log.warning("run %s: rank %s ignored its stop; killing its worker", active.run_id, rank)
+            self._forget(active.actors[rank])
+            ray.kill(active.actors[rank], no_restart=True)
+
     def _forget(self, actor: Any) -> None:
         """Drop a dead pool worker, so the next launch on its bundle makes a new one."""
         for key, pooled in list(self.pool.items()):
@@ -138,6 +154,7 @@ class Scheduler:
         if active.refs:  # one worker failed or died: end the others before deciding
             if not active.stopping:
                 active.stopping = True
+                active.stop_within(5.0 + STOP_MARGIN_S)
                 for rank, actor in enumerate(active.actors):
                     if rank not in active.results:
                         actor.stop.remote(active.key, 5.0)
@@ -356,6 +373,7 @@ class Scheduler:
             models.update_run(self.store, run.id, stop_requested=True)
             active = self.active.get(run.id)
             if active is not None:
+                active.stop_within(grace_s + STOP_MARGIN_S)
                 for actor in active.actors:
                     actor.stop.remote(active.key, grace_s)
             self.wake.set()

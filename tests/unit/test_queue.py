@@ -153,3 +153,26 @@ def test_what_a_tick_reads_is_each_tenants_own(store) -> None:  # type: ignore[n
     assert deployments.bundles_in_use_across_tenants(store) == {"t": {0}}
     assert deployments.training_bundles(store, "u") == set()
     assert deployments.training_bundles(store, "t") == {0}
+
+
+def test_a_rank_silent_past_its_stop_deadline_is_overdue(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """What the scheduler kills after a stop: the ranks that have not answered by the
+    earliest deadline it set (a wait() outstanding, or out of reach), and only then."""
+    from jobs.training import pool
+
+    now = [100.0]
+    monkeypatch.setattr(pool.time, "monotonic", lambda: now[0])
+    active = pool.Active(1, "k", ["w0", "w1", "w2"])
+    active.refs = {"ref0": 0, "ref2": 2}
+    active.unreachable = {1: 0.0}
+    assert active.overdue() == []  # nothing asked to stop
+    active.stop_within(75.0)
+    active.stop_within(50.0)  # a later, shorter stop wins
+    active.stop_within(90.0)
+    now[0] = 149.0
+    assert active.overdue() == []
+    now[0] = 150.0
+    assert active.overdue() == [0, 1, 2]
+    active.refs.pop("ref0")
+    active.unreachable.clear()
+    assert active.overdue() == [2]  # rank 0 answered; rank 1 is back in reach and answered
