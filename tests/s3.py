@@ -78,6 +78,7 @@ class FlakyProxy:
         self.budget: int | None = None  # bytes still allowed to clients; None: unlimited
         self.down = False
         self.closed = False
+        self.delay_s = 0.0  # before each chunk passed on: a slow network
         threading.Thread(target=self._accept, daemon=True).start()
 
     def cut_after(self, n_bytes: int) -> None:
@@ -93,7 +94,11 @@ class FlakyProxy:
 
     def restore(self) -> None:
         with self.lock:
-            self.down, self.budget = False, None
+            self.down, self.budget, self.delay_s = False, None, 0.0
+
+    def slow(self, delay_s: float) -> None:
+        """Wait this long before passing on each chunk, both ways (until restore)."""
+        self.delay_s = delay_s
 
     def stop(self) -> None:
         self.closed = True
@@ -131,6 +136,8 @@ class FlakyProxy:
                     if self.down:
                         self.cut()
                         return
+                if self.delay_s:
+                    time.sleep(self.delay_s)
                 sink.sendall(data)
         except OSError:
             pass

@@ -59,11 +59,13 @@ class Transport:
                 method, path, json=json, params=params, content=content, headers=headers
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            host = host_of(self.base_url)
-            raise ServerUnreachable(
-                f"cannot reach ncloud at {host}: is it running? (ncloud server start)"
-            ) from exc
+            raise self._unreachable() from exc
         return self._parse(response)
+
+    def _unreachable(self, why: str = "is it running?") -> ServerUnreachable:
+        return ServerUnreachable(
+            f"cannot reach ncloud at {host_of(self.base_url)}: {why} (ncloud server start)"
+        )
 
     def call(self, answer: type[T], method: str, path: str, **kw: Any) -> T:
         """`request`, its answer typed as one of ncloud.responses (which the server validates
@@ -75,6 +77,11 @@ class Transport:
             body = response.json()
         except ValueError:
             body = response.text
+        if response.status_code == 404 and not isinstance(body, dict):
+            # Not our API's 404 (that one says {code, message}): Ray Serve's own, for a
+            # route nobody serves. Its proxy outlives a stopped control plane (the
+            # tenants' deployments keep answering), so this is how a stopped server looks.
+            raise self._unreachable("something answers there, but not ncloud's API: stopped?")
         if response.status_code >= 400:
             raise error_from_body(response.status_code, body)
         return body
@@ -88,9 +95,7 @@ class Transport:
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise ServerUnreachable(
-                f"cannot reach ncloud at {self.base_url}: is it running? (ncloud server start)"
-            ) from exc
+            raise self._unreachable() from exc
         return self._parse(response)
 
     def stream_download(self, path: str, dest: Path) -> int:

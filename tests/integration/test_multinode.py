@@ -6,11 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -23,89 +19,28 @@ from examples.digits import make_digits
 from ncloud.errors import NcloudError, QuotaExceeded
 from tests.integration.conftest import CPUS, Server, wait_for
 from tests.integration.lab import TERMINAL, slow_py
+from tests.integration.nodes import RayNode
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class RayNode:
-    """`ray start --address ... --block` in its own session, with its own temp dir and node
-    cache and a resource named after it; `kill` takes it away the way a lost machine goes."""
-
-    def __init__(self, server: Server, folder: Path, label: str) -> None:
-        self.server, self.label = server, label
-        self.cache = folder / f"{label}-cache"
-        # Ray's socket paths must stay under 108 bytes: a short temp dir of the node's own.
-        self.temp_dir = Path(tempfile.mkdtemp(prefix=f"nc{label}-", dir="/tmp"))
-        env = {
-            **server.env,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(server.home / "ray-auth-token"),
-            "NCLOUD_CACHE_DIR": str(self.cache),
-        }
-        self.log_path = folder / f"{label}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "ray"),
-                "start",
-                "--block",
-                f"--address=127.0.0.1:{server.ports['ray']}",
-                "--node-ip-address=127.0.0.1",
-                "--num-cpus=1",
-                "--resources",
-                json.dumps({label: 1}),
-                f"--temp-dir={self.temp_dir}",
-                "--disable-usage-stats",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            wait_for(lambda: _node(server, label) is not None, 120, f"{label} to join")
-        except AssertionError as exc:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            self.stop()
-            raise AssertionError(f"{exc}; its log ends:\n{tail}") from None
-        self.node_id = _node(server, label)
-
-    def kill(self) -> None:
-        """SIGKILL every process of the node (its raylet with them): no goodbye to Ray."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        with contextlib.suppress(ProcessLookupError):  # what the node left in its session
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+def _join(server: Server, folder: Path, label: str) -> RayNode:
+    """A worker node joined to the session's cluster, its env the server's."""
+    env = {
+        **server.env,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(server.home / "ray-auth-token"),
+    }
+    return RayNode(folder, label, env, f"127.0.0.1:{server.ports['ray']}", server.dashboard_url)
 
 
 @pytest.fixture
 def second_node(server: Server, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    node = RayNode(server, tmp_path, "node2")
+    node = _join(server, tmp_path, "node2")
     try:
         yield {"cache": node.cache, "node_id": node.node_id}
     finally:
         node.stop()
-
-
-def _node(server: Server, label: str = "node2") -> str | None:
-    from ray.util.state import list_nodes
-
-    for node in list_nodes(address=server.dashboard_url):
-        if node.state == "ALIVE" and label in (node.resources_total or {}):
-            return str(node.node_id)
-    return None
 
 
 def test_a_worker_on_another_node_trains_through_storage(
@@ -214,7 +149,7 @@ def test_a_lost_worker_node_sends_its_run_back_to_the_queue_to_resume(
     queue without spending a restart, and resumes from its last checkpoint on the node that
     replaces the lost one. The closing note's timeline comes from what this prints."""
     tenant("filler", cpus=CPUS)  # the head is full: the tenant's bundle is on the new node
-    lost = RayNode(server, tmp_path, "node2")
+    lost = _join(server, tmp_path, "node2")
     replacement = None
     user = None
     try:
@@ -249,7 +184,7 @@ def test_a_lost_worker_node_sends_its_run_back_to_the_queue_to_resume(
         requeued = time.monotonic() - killed
         assert queued["status"] == "Queued", (queued["error"], queued["runs"][-1]["history"])
         assert queued["restarts"] == 0 and queued["reason"], queued
-        replacement = RayNode(server, tmp_path, "node3")
+        replacement = _join(server, tmp_path, "node3")
         done = wait_for(
             lambda: (m := client.models.show(model["id"]))["status"] in TERMINAL and m,
             300,
@@ -291,7 +226,7 @@ def test_a_tenant_larger_than_the_nodes_waits_for_the_autoscaler(
             tenant("huge", cpus=CPUS + 2)
         made = tenant("grows", cpus=CPUS + 1)
         assert made["state"] == "PENDING" and "autoscaler" in made["reason"], made
-        node = RayNode(server, tmp_path, "grown")  # what the autoscaler would have launched
+        node = _join(server, tmp_path, "grown")  # what the autoscaler would have launched
         placed = wait_for(
             lambda: (
                 (r := server.client().tenants.show("grows")["reservation"])["state"] == "CREATED"

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from ncloud.client import Client
-from ncloud.errors import Conflict, Forbidden, ServerError, ServerUnreachable
+from ncloud.errors import Conflict, Forbidden, NotFound, ServerError, ServerUnreachable
 
 
 def _client(handler) -> Client:  # type: ignore[no-untyped-def]
@@ -53,3 +53,21 @@ def test_unreachable_server_says_how_to_start_it() -> None:
         r"is it running\? \(ncloud server start\)",
     ):
         _client(handler).info()
+
+
+def test_ray_serves_own_404_is_a_stopped_server_not_a_missing_resource() -> None:
+    """Attached to a cluster, `server stop` takes the API away but Ray Serve's proxy stays
+    (the deployments keep answering): its 404 is plain text, not our {code, message}."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        text = "Path '/api/v1/info' not found. Ping http://.../-/routes for available routes."
+        return httpx.Response(404, text=text)
+
+    with pytest.raises(ServerUnreachable, match=r"cannot reach ncloud at .*not ncloud's API"):
+        _client(handler).info()
+
+    def ours(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"code": "not_found", "message": "model 7 not found"})
+
+    with pytest.raises(NotFound, match="model 7"):
+        _client(ours).models.show(7)
