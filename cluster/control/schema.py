@@ -1,4 +1,5 @@
-"""Every table of the store, the steps that upgrade it, and the order a tenant's rows go in.
+"""Every table of the store, opening it created or upgraded (by cluster.control.migrations),
+and the order a tenant's rows go in.
 
 The table modules sit in the concepts that own them (cluster/core/accounts.py, jobs/*/state.py,
 jobs/models/metrics.py, jobs/models/deployments.py); this module is the one place that knows
@@ -7,13 +8,11 @@ them all, so the store below them imports none.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from sqlalchemy import Table
 
-from sqlalchemy import Connection, Table, inspect, text
-
-from cluster.control import lease  # noqa: F401  (its table is in metadata)
+from cluster.control import lease, migrations  # noqa: F401  (lease: its table is in metadata)
 from cluster.core import accounts
-from cluster.core.store import SCHEMA_VERSION, Store, metadata
+from cluster.core.store import Store, metadata
 from jobs.batches.state import batch_predictions
 from jobs.datasets.state import datasets
 from jobs.models import metrics
@@ -34,69 +33,11 @@ TENANT_TABLES: tuple[Table, ...] = (
 )
 
 
-def _create_missing_tables(conn: Connection) -> None:
-    metadata.create_all(conn)
-
-
-def _add_deployment_batching(conn: Connection) -> None:
-    """Deployments keep their batching options (max batch, batch wait, queue limit)."""
-    _create_missing_tables(conn)  # a new store already has the column
-    found = inspect(conn)
-    if found.has_table("deployments") and "batching" not in {
-        c["name"] for c in found.get_columns("deployments")
-    }:
-        conn.execute(text("ALTER TABLE deployments ADD COLUMN batching TEXT"))
-
-
-def _add_batch_volumes(conn: Connection) -> None:
-    """Batch predictions keep the volumes their network reads."""
-    _create_missing_tables(conn)
-    found = inspect(conn)
-    if found.has_table("batch_predictions") and "volumes" not in {
-        c["name"] for c in found.get_columns("batch_predictions")
-    }:
-        conn.execute(text("ALTER TABLE batch_predictions ADD COLUMN volumes TEXT"))
-
-
-# Sizes and counts that outgrow 32 bits (a 4 GiB tenant; rows of a large dataset).
-WIDENED = {
-    "tenants": ("memory",),
-    "volumes": ("files",),
-    "datasets": ("rows", "files", "progress_done", "progress_total"),
-    "batch_predictions": ("rows", "predicted", "bad_rows"),
-}
-
-
-def _widen_counts(conn: Connection) -> None:
-    """64-bit sizes and counts. SQLite's INTEGER is 64-bit already; PostgreSQL's is not."""
-    _create_missing_tables(conn)
-    if conn.dialect.name != "postgresql":
-        return
-    found = inspect(conn)
-    for table, columns in WIDENED.items():
-        if found.has_table(table):
-            for column in columns:
-                conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE BIGINT"))
-
-
-# version -> the step that upgrades a store at version-1 to version.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _create_missing_tables,
-    2: _create_missing_tables,  # datasets and volumes
-    3: _create_missing_tables,  # models, runs, epoch metrics, log lines
-    4: _create_missing_tables,  # deployments, batch predictions
-    5: _add_deployment_batching,
-    6: _add_batch_volumes,
-    7: _widen_counts,
-    8: _create_missing_tables,  # the control plane's lease
-}
-
-
 def open_store(url: str) -> Store:
     """Create or upgrade the store, then open it (the server's start does this)."""
     store = Store(url)
     try:
-        store.migrate(MIGRATIONS)
+        migrations.upgrade(store)
         store.check()
     except BaseException:
         store.dispose()  # its pooled connections, not left to the garbage collector
@@ -109,5 +50,4 @@ def delete_tenant(store: Store, name: str, force: bool) -> accounts.Tenant:
     return accounts.delete_tenant(store, name, force, TENANT_TABLES)
 
 
-assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1)), "a schema step is missing"
 assert set(metadata.tables) >= {t.name for t in TENANT_TABLES}

@@ -8,7 +8,7 @@ SQLAlchemy URL (PostgreSQL on a cluster) works through NCLOUD_DB_URL.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     MetaData,
+    String,
     Table,
     create_engine,
     event,
@@ -30,15 +31,18 @@ from ncloud.errors import SchemaMismatch, Unavailable
 
 metadata = MetaData()
 
-# Bump when a table changes; cluster/control/schema.py holds the step from N-1 to N.
+# Bump when a table changes: cluster/control/migrations/versions/ holds the Alembic
+# revision from N-1 to N, whose id is N as four digits (revision_id).
 SCHEMA_VERSION = 8
 
-schema_table = Table(
-    "ncloud_schema",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("version", Integer, nullable=False),
-)
+# Where Alembic records a store's revision, and where stores before Alembic kept theirs.
+ALEMBIC_TABLE = Table("alembic_version", MetaData(), Column("version_num", String(32)))
+LEGACY_SCHEMA_TABLE = "ncloud_schema"
+_legacy = Table(LEGACY_SCHEMA_TABLE, MetaData(), Column("version", Integer))
+
+
+def revision_id(version: int) -> str:
+    return f"{version:04d}"
 
 
 def utcnow() -> dt.datetime:
@@ -111,12 +115,16 @@ class Store:
         return make_url(self.url).render_as_string(hide_password=True)
 
     def version(self) -> int:
-        """The schema version recorded in the database; 0 for an empty database."""
+        """The schema version recorded in the database (Alembic's revision, or before
+        Alembic our own record); 0 for an empty database."""
         with self.read() as conn:
-            if not self.engine.dialect.has_table(conn, schema_table.name):
-                return 0
-            found = conn.execute(select(schema_table.c.version)).scalar()
-            return int(found or 0)
+            has = self.engine.dialect.has_table
+            if has(conn, ALEMBIC_TABLE.name):
+                found = conn.execute(select(ALEMBIC_TABLE.c.version_num)).scalar()
+                return int(found) if found and found.isdigit() else 0
+            if has(conn, _legacy.name):
+                return int(conn.execute(select(_legacy.c.version)).scalar() or 0)
+            return 0
 
     def check(self) -> None:
         """Refuse to work on a store of another schema version, saying what to do."""
@@ -132,21 +140,6 @@ class Store:
             f"the store at {self.safe_url} has schema version {found}, older than this "
             f"ncloud needs ({SCHEMA_VERSION}): run `ncloud server start` once to upgrade it"
         )
-
-    def migrate(self, steps: dict[int, Callable[[Connection], None]]) -> list[int]:
-        """Bring the store up to SCHEMA_VERSION with steps[v] (v-1 -> v); returns those applied."""
-        found = self.version()
-        if found > SCHEMA_VERSION:
-            self.check()
-        applied: list[int] = []
-        for target in range(found + 1, SCHEMA_VERSION + 1):
-            with self.write() as conn:
-                steps[target](conn)
-                schema_table.create(conn, checkfirst=True)
-                conn.execute(schema_table.delete())
-                conn.execute(schema_table.insert().values(id=1, version=target))
-            applied.append(target)
-        return applied
 
     def dispose(self) -> None:
         self.engine.dispose()

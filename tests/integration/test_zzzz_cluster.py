@@ -6,8 +6,9 @@ CPU each, the store on a real PostgreSQL server, the storage in S3 (the moto ser
 On it, as a team would: a tenant of 3 GiB (over 32 bits) whose two bundles must sit on the
 two worker nodes; upload and ingest; `-w 2` training with one worker on each node,
 checkpoints in S3; deploy and predict; a batch; the control plane stopped and started
-again (the cluster stays), everything still there and answering; and a worker node lost
-in the middle of an ingest, which then finishes on the node that replaces it.
+again (the cluster stays), everything still there and answering; a worker node lost in
+the middle of an ingest, which then finishes on the node that replaces it; and the
+database gone for a minute under a stream of writes.
 
 Runs last: it stops the session's server first, so that one Ray cluster runs at a time on
 this machine's 2 cores.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ class Cluster:
     server: Server
     head: RayNode
     nodes: dict[str, RayNode]
+    pg: PostgresServer
     data: Path
     state: dict[str, Any]  # what one test leaves for the next
     started: list[RayNode]  # to stop at the end, the head first in it
@@ -97,7 +100,7 @@ def cluster(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         for name in ("node-a", "node-b"):
             nodes[name] = RayNode(folder, name, env, head.address, head.dashboard_url)
             started.append(nodes[name])
-        cluster = Cluster(srv, head, nodes, folder / "digits", {}, started)
+        cluster = Cluster(srv, head, nodes, pg, folder / "digits", {}, started)
         srv.dashboard_url = head.dashboard_url
         srv.admin_token = _attach(srv, head.address)["admin_token"]
         make_digits(cluster.data, size=16)
@@ -256,3 +259,49 @@ def test_a_worker_node_lost_mid_ingest_costs_only_time(cluster: Cluster) -> None
     )
     assert found["status"] == "Ready", found["error"]
     assert found["rows"] == client.datasets.show(cluster.state["valid"])["rows"]
+
+
+@pytest.mark.timeout(600)
+def test_the_database_gone_for_a_minute_under_writes_is_503s_then_recovery(
+    cluster: Cluster,
+) -> None:
+    """A user creates volumes one after another while PostgreSQL stops for a minute: each
+    request is answered at once (acknowledged, or a 503 naming the store), nothing hangs,
+    and once it is back every acknowledged write is there and writes go on."""
+    from ncloud.client import Client
+    from ncloud.errors import NcloudError, Unavailable
+
+    srv = cluster.server
+    # a request still unanswered after 10 s is a hang here: the client gives up on it
+    client = Client(srv.api_url, token=cluster.state["token"], tenant=TENANT, timeout=10)
+    acknowledged: list[int] = []
+    refused: list[NcloudError] = []
+
+    def write(i: int) -> bool:
+        """Whether volume w{i} was acknowledged (a request that hangs fails the test: its
+        ReadTimeout is no NcloudError)."""
+        try:
+            acknowledged.append(client.volumes.create(f"w{i}")["id"])
+            return True
+        except NcloudError as exc:
+            refused.append(exc)
+            return False
+
+    for i in range(5):
+        write(i)
+    cluster.pg.pause()
+    try:
+        gone_until, i = time.monotonic() + 60, 5
+        while time.monotonic() < gone_until:
+            write(i)
+            i += 1
+            time.sleep(0.2)
+    finally:
+        cluster.pg.resume()
+    during = list(refused)
+    assert during and all(isinstance(e, Unavailable) for e in during), during[:3]
+    assert "cannot be used now" in during[0].message
+    wait_for(lambda: write(len(acknowledged) + len(refused)), 60, "writes to go on")
+    listed = {v["id"] for v in client.volumes.list()}
+    client.close()
+    assert set(acknowledged) <= listed, "an acknowledged write was lost"

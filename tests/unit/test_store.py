@@ -9,7 +9,7 @@ from sqlalchemy import inspect, text
 
 from cluster.control import schema
 from cluster.core import store as store_mod
-from cluster.core.store import SCHEMA_VERSION, open_store, schema_table
+from cluster.core.store import SCHEMA_VERSION, open_store, revision_id
 from ncloud.errors import SchemaMismatch
 
 
@@ -37,8 +37,10 @@ def test_failed_write_rolls_back(store: store_mod.Store) -> None:
 
 
 def _set_version(store: store_mod.Store, version: int) -> None:
+    """Record the store as being at `version` (Alembic's table), as if it stopped there."""
     with store.write() as conn:
-        conn.execute(schema_table.update().values(version=version))
+        found = {"v": revision_id(version)}
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), found)
 
 
 def test_newer_store_says_upgrade_ncloud(store: store_mod.Store) -> None:
@@ -50,7 +52,7 @@ def test_newer_store_says_upgrade_ncloud(store: store_mod.Store) -> None:
 
 
 def test_older_store_says_run_server_start_and_migrates(store: store_mod.Store) -> None:
-    _set_version(store, 0)
+    _set_version(store, SCHEMA_VERSION - 1)
     with pytest.raises(SchemaMismatch, match="ncloud server start"):
         open_store(store.url)
     _version_then_dispose(schema.open_store(store.url))
@@ -91,3 +93,46 @@ def test_a_deployment_without_batching_options_gets_the_defaults() -> None:
     from jobs.models import deployments
 
     assert deployments.Batching.from_json(None) == deployments.Batching()
+
+
+def test_the_revisions_are_numbered_and_chained_up_to_the_schema_version() -> None:
+    from alembic.script import ScriptDirectory
+
+    from cluster.control import migrations
+
+    found = ScriptDirectory(str(migrations.HERE))
+    chain = [r.revision for r in reversed(list(found.walk_revisions()))]
+    assert chain == [revision_id(v) for v in range(1, SCHEMA_VERSION + 1)]
+    assert found.get_heads() == [revision_id(SCHEMA_VERSION)]
+
+
+def test_a_store_from_before_alembic_is_upgraded_and_keeps_its_rows(
+    store: store_mod.Store,
+) -> None:
+    """A store that recorded version 6 in ncloud_schema (before Alembic, and before the
+    64-bit counts of step 7 and the lease of step 8): stamped at 0006, upgraded, its
+    rows kept, its own version table gone."""
+    from cluster.core import accounts
+
+    accounts.create_tenant(store, "kept", 1, 0, 2**20)
+    with store.write() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+        conn.execute(text("DROP TABLE control_lease"))
+        conn.execute(text("CREATE TABLE ncloud_schema (id INTEGER PRIMARY KEY, version INTEGER)"))
+        conn.execute(text("INSERT INTO ncloud_schema (id, version) VALUES (1, 6)"))
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE tenants ALTER COLUMN memory TYPE INTEGER"))
+    assert store.version() == 6
+    upgraded = schema.open_store(store.url)
+    try:
+        assert upgraded.version() == SCHEMA_VERSION
+        with upgraded.read() as conn:
+            found = inspect(conn)
+            assert not found.has_table("ncloud_schema") and found.has_table("control_lease")
+            memory = {c["name"]: c for c in found.get_columns("tenants")}["memory"]
+        assert "BIGINT" in str(memory["type"]).upper() or conn.dialect.name == "sqlite"
+        accounts.create_tenant(upgraded, "big", 1, 0, 5 * 2**30)  # over 32 bits
+        assert accounts.get_tenant(upgraded, "kept").memory == 2**20
+        assert accounts.get_tenant(upgraded, "big").memory == 5 * 2**30
+    finally:
+        upgraded.dispose()
