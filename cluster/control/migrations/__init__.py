@@ -30,8 +30,8 @@ def _config(conn: Connection) -> Config:
     return cfg
 
 
-def upgrade(store: Store) -> list[int]:
-    """Bring the store to SCHEMA_VERSION; the versions applied (none when it was there)."""
+def upgrade(store: Store) -> None:
+    """Bring the store to SCHEMA_VERSION (nothing to do when it is there)."""
     found = store.version()
     if found > SCHEMA_VERSION:
         store.check()  # newer than this ncloud: says to upgrade ncloud
@@ -41,4 +41,3 @@ def upgrade(store: Store) -> list[int]:
             command.stamp(cfg, revision_id(found))
             conn.exec_driver_sql(f"DROP TABLE {LEGACY_SCHEMA_TABLE}")
         command.upgrade(cfg, revision_id(SCHEMA_VERSION))
-    return list(range(found + 1, SCHEMA_VERSION + 1))

@@ -1,19 +1,13 @@
 """What the revisions in versions/ do, each written so that it may run on a store that
 already has its change (a new store's tables are created whole by the first step that
-creates tables)."""
+creates tables). `metadata` holds every table: the revisions run only from
+cluster.control.schema.open_store, and that module imports every table's module."""
 
 from __future__ import annotations
 
 from sqlalchemy import Connection, inspect, text
 
-from cluster.control import lease  # noqa: F401  (its table is in metadata)
 from cluster.core.store import metadata
-from jobs.batches import state as _batches  # noqa: F401  (every table is in metadata)
-from jobs.datasets import state as _datasets  # noqa: F401
-from jobs.models import deployments as _deployments  # noqa: F401
-from jobs.models import metrics as _metrics  # noqa: F401
-from jobs.models import state as _models  # noqa: F401
-from jobs.volumes import state as _volumes  # noqa: F401
 
 
 def create_missing_tables(conn: Connection) -> None:
