@@ -59,9 +59,17 @@ def predict_url(server: Server, model_id: int) -> str:
     return f"{server.api_url.removesuffix('/api/v1')}/models/{model_id}/predict"
 
 
-def post(server: Server, model_id: int, token: str | None, files: Any = None, **kw: Any) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.post(predict_url(server, model_id), headers=headers, files=files, timeout=60, **kw)
+def post(
+    server: Server,
+    model_id: int,
+    token: str | None,
+    files: Any = None,
+    headers: dict[str, str] | None = None,
+    **kw: Any,
+) -> Any:
+    sent = {"Authorization": f"Bearer {token}"} if token else {}
+    sent.update(headers or {})
+    return httpx.post(predict_url(server, model_id), headers=sent, files=files, timeout=60, **kw)
 
 
 def png_image(width: int, height: int, color: int = 0) -> bytes:

@@ -296,8 +296,10 @@ def test_a_full_replica_answers_503_with_retry_after_and_recovers(
 ) -> None:
     """A queue of 3 inputs and a batch that waits a second to fill: a flood overflows it.
 
-    Serve lets 2 x 3 requests into the replica and holds up to 64 in the proxy, so 8 at
-    once never meet the proxy's plain-text 503: every refusal is the replica's JSON one.
+    One request is held open sending its body, so the replica is never idle and every input
+    of the flood waits in the batch (an idle replica forwards at once, and a flood that
+    arrived one by one would all fit). Serve lets 2 x 3 requests into the replica and holds
+    up to 64 in the proxy, so every refusal is the replica's JSON 503, not the proxy's.
     """
     client: Client = shop["client"]
     mlp = shop["mlp"]
@@ -306,15 +308,37 @@ def test_a_full_replica_answers_503_with_retry_after_and_recovers(
         wait_for(lambda: client.models.deployment(mlp)["status"] == "Undeployed", 120, "Undeployed")
     dep = deployed(client, mlp, max_queue=3, max_batch=64, batch_wait_ms=1000)
     assert (dep["max_queue"], dep["max_batch"], dep["batch_wait_ms"]) == (3, 64, 1000)
-    two = [("file", (f"x{i}.json", json.dumps([0.0] * 64))) for i in range(2)]
-    together = threading.Barrier(8)  # all 8 at once: a staggered start can all fit
+    started, finish = threading.Event(), threading.Event()
 
-    def flood(_: int) -> httpx.Response:
-        together.wait(timeout=30)
-        return post(server, mlp, shop["token"], files=two)
+    def slow_body() -> Iterator[bytes]:
+        yield b"["
+        started.set()
+        finish.wait(timeout=120)
+        yield json.dumps([0.0] * 64)[1:].encode()
 
-    with ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(flood, range(8)))
+    with ThreadPoolExecutor(9) as pool:
+        held = pool.submit(
+            post,
+            server,
+            mlp,
+            shop["token"],
+            content=slow_body(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert started.wait(timeout=60), "the held request never started"
+        time.sleep(2)  # for the held request to reach the replica (not a timing assertion)
+        two = [("file", (f"x{i}.json", json.dumps([0.0] * 64))) for i in range(2)]
+        together = threading.Barrier(8)
+
+        def flood(_: int) -> httpx.Response:
+            together.wait(timeout=30)
+            return post(server, mlp, shop["token"], files=two)
+
+        try:
+            replies = list(pool.map(flood, range(8)))
+        finally:
+            finish.set()
+        assert held.result(timeout=120).status_code == 200
     codes = sorted(r.status_code for r in replies)
     assert set(codes) <= {200, 503}, [(r.status_code, r.text[:200]) for r in replies]
     assert 200 in codes and 503 in codes, codes
