@@ -24,13 +24,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster.core import accounts
 from cluster.core.names import NAMESPACE
 from cluster.core.store import Store
-from jobs.datasets import state as datasets
 from jobs.models import deployments
 from jobs.models import state as models
 from jobs.models.deployments import DeploymentStatus
 from jobs.models.state import RunStatus
 from jobs.training import pool, queue
-from jobs.training.config import Outcome, TrainConfig, WorkerJob
+from jobs.training.config import Outcome
+from jobs.training.jobs import worker_job
 from jobs.training.pool import Active
 from jobs.training.waiting import Waiting, read_waiting_across_tenants
 from jobs.training.worker import TrainWorker
@@ -298,7 +298,7 @@ class Scheduler:
         tenant = accounts.get_tenant(self.store, run.tenant)
         bundles = tenant.bundles
         try:
-            job = self._config(run, model, resume)
+            job = worker_job(self.store, run, model, resume)
             actors = [self._worker(tenant, b, bundles[b]) for b in placement]
             # rank 0's address, as a reference: Ray hands it to every rank's run() once
             # known, so the scheduler's lock is never held while a worker answers
@@ -324,41 +324,6 @@ class Scheduler:
             lost = Active(run.id, run.launch_key, [])
             lost.results[0] = {"outcome": Outcome.CRASHED, "error": f"could not launch: {exc!r}"}
             self.active[run.id] = lost
-
-    def _config(self, run: models.Run, model: models.Model, resume: bool) -> WorkerJob:
-        """The run's config for rank 0 of 1 (linked datasets: resolved on the worker)."""
-        o = model.options
-        urls: dict[str, str | None] = {}
-        links: dict[str, str | None] = {}
-        for role, dataset_id in (
-            ("train", model.train_dataset_id),
-            ("valid", model.valid_dataset_id),
-        ):
-            urls[role] = links[role] = None
-            if dataset_id is None:
-                continue
-            ds = datasets.get(self.store, run.tenant, dataset_id)
-            if ds.source == "link" and ds.link_url:
-                links[role] = ds.link_url
-            else:
-                urls[role] = ds.url
-        cfg = TrainConfig(
-            spec_name=model.spec_name,
-            spec_text=model.spec_text,
-            train_url=urls["train"] or "",
-            valid_url=urls["valid"],
-            validation_percent=o.validation_percent,
-            epochs=run.epochs,
-            batch_size=o.batch_size,
-            run_url=model.url,
-            checkpoint_every=o.checkpoint_every,
-            keep_checkpoints=o.keep_checkpoints,
-            resume=resume,
-            resume_epoch=run.resume_epoch if run.restarts == 0 else None,
-            gpus=o.gpus,
-            seed=o.seed,
-        )
-        return WorkerJob(cfg, train_link=links["train"], valid_link=links["valid"])
 
     # -- requests from the API -------------------------------------------------------------
 
