@@ -92,6 +92,12 @@ class Unavailable(NcloudError):
     code, http_status = "unavailable", 503
 
 
+class StorageFull(NcloudError):
+    """The storage a write needs has no space left; nothing of that write was kept."""
+
+    code, http_status = "storage_full", 507
+
+
 class UsageError(NcloudError):
     """The command line itself is wrong (exit code 2)."""
 
@@ -122,6 +128,7 @@ def error_from_body(status: int, body: object) -> NcloudError:
         413: PayloadTooLarge,
         422: InvalidInput,
         503: Unavailable,
+        507: StorageFull,
     }
     cls = by_status.get(status, ServerError)
     if isinstance(body, dict) and isinstance(body.get("message"), str):

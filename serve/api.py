@@ -23,6 +23,7 @@ from serve.routes import deployments as deploy_api
 from serve.routes import models as models_api
 from serve.routes import volumes as volumes_api
 from serve.schemas import TenantIn, TenantPatch, TokenIn, UserIn, UserPatch
+from serve.uploads import manifest_limit
 
 log = logging.getLogger("ncloud.api")
 
@@ -207,5 +208,10 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
 
     s = settings()
-    app.add_middleware(BodySizeLimit, max_body=s.max_body_bytes, max_file=s.max_file_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_body=s.max_body_bytes,
+        max_text=manifest_limit(),
+        max_file=s.max_file_bytes,
+    )
     return app

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from cluster.core.storage import storage_error
 from ncloud.errors import InvalidInput, NcloudError, ServerError
 
 log = logging.getLogger("ncloud.api")
@@ -22,7 +23,10 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def error_response(exc: Exception, log: logging.Logger = log) -> JSONResponse:
-    """A domain error as {code, message} with its status; anything else a 500 without a trace."""
+    """A domain error as {code, message} with its status, a storage failure as what it means
+    (storage_error); anything else a 500 without a trace."""
+    if not isinstance(exc, NcloudError):
+        exc = storage_error(exc) or exc
     if not isinstance(exc, NcloudError):
         log.error("unhandled error", exc_info=exc)
         exc = ServerError(f"internal error ({type(exc).__name__}); see the server log")

@@ -47,15 +47,18 @@ def too_large(limit: int) -> PayloadTooLarge:
 
 
 class BodySizeLimit:
-    """JSON bodies are held to max_body bytes; file uploads to max_file bytes."""
+    """JSON bodies are held to max_body bytes, text (a manifest) to max_text, file uploads to
+    max_file. A route may hold its body to less as it reads it (a manifest sent as bytes)."""
 
-    def __init__(self, app: ASGIApp, max_body: int, max_file: int) -> None:
-        self.app, self.max_body, self.max_file = app, max_body, max_file
+    def __init__(self, app: ASGIApp, max_body: int, max_text: int, max_file: int) -> None:
+        self.app, self.max_body, self.max_text, self.max_file = app, max_body, max_text, max_file
 
     def _limit(self, scope: Scope) -> int:
         headers = dict(scope.get("headers") or [])
         content_type = headers.get(b"content-type", b"").decode("latin-1")
-        return self.max_file if content_type.startswith(_FILE_TYPES) else self.max_body
+        if content_type.startswith(_FILE_TYPES):
+            return self.max_file
+        return self.max_text if content_type.startswith("text/") else self.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

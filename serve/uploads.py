@@ -21,6 +21,29 @@ def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
+def manifest_limit() -> int:
+    """A manifest is a text file of names: 16 times a JSON body's limit (16 MiB by default)."""
+    return settings().max_body_bytes * 16
+
+
+async def manifest_body(request: Request) -> bytes:
+    """A manifest body, refused with 413 as soon as it passes its limit: by the length it
+    declares before a byte is read, else as it streams in (never buffered whole first)."""
+    limit = manifest_limit()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"manifest is {int(declared):,} bytes, over the {format_size(limit)} limit"
+        )
+    parts, received = [], 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"manifest is over the {format_size(limit)} limit")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 async def receive_file(request: Request, url: str) -> int:
     """Spool the request body to a local temp file (never all in memory), then store it."""
     limit = settings().max_file_bytes

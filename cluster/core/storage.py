@@ -7,6 +7,7 @@ so nothing a user sends can leave its tenant's prefix.
 
 from __future__ import annotations
 
+import errno
 import posixpath
 import uuid
 from collections.abc import Iterable, Iterator
@@ -15,7 +16,15 @@ from typing import Any
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
-from ncloud.errors import InvalidInput, NotFound, PayloadTooLarge, ServerError
+from ncloud.errors import (
+    InvalidInput,
+    NcloudError,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+    StorageFull,
+    Unavailable,
+)
 from ncloud.manifest import resolve_path
 from ncloud.settings import settings
 from ncloud.validation import format_size
@@ -35,14 +44,15 @@ def storage_options(url: str) -> dict[str, Any]:
 def configure_fsspec() -> None:
     """Make every fsspec s3:// call in this process use NCLOUD_S3_ENDPOINT_URL (moto, MinIO)."""
     endpoint = settings().s3_endpoint_url
+    conf = fsspec.config.conf.setdefault("s3", {})
     if endpoint:
-        fsspec.config.conf.setdefault("s3", {})["client_kwargs"] = {"endpoint_url": endpoint}
-        # Retry quickly: an unreachable endpoint should fail an ingest, not hang it.
-        fsspec.config.conf["s3"]["config_kwargs"] = {
-            "connect_timeout": 5,
-            "read_timeout": 30,
-            "retries": {"max_attempts": 2},
-        }
+        conf["client_kwargs"] = {"endpoint_url": endpoint}
+    # Retry quickly: an unreachable endpoint should fail a request or an ingest, not hang it.
+    conf["config_kwargs"] = {
+        "connect_timeout": 5,
+        "read_timeout": 30,
+        "retries": {"max_attempts": 2},
+    }
 
 
 configure_fsspec()
@@ -54,6 +64,35 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
         raise InvalidInput(f"storage URL {url!r} is not allowed (use a path or s3://...)")
     fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
     return fs, path
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_error(exc: BaseException) -> NcloudError | None:
+    """What a failure of the storage itself means to a caller, or None when it is not one.
+
+    A full disk is 507 storage_full; S3 that this server cannot use (no credentials, no
+    endpoint it can reach) is 503 naming what is missing. The error boundary of every app
+    asks this before it answers 500.
+    """
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return StorageFull(
+            "storage is full: no space left on the device behind NCLOUD_STORAGE or the "
+            "server's temporary folder; nothing of this write was kept (an operator must "
+            "free or add space)"
+        )
+    kind = type(exc).__name__
+    if kind in ("NoCredentialsError", "PartialCredentialsError"):
+        return Unavailable(
+            "S3 is not configured on this server: it has no AWS credentials (an operator "
+            "sets AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and NCLOUD_S3_ENDPOINT_URL "
+            "for an S3 that is not AWS)"
+        )
+    if kind in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+        endpoint = settings().s3_endpoint_url or "AWS S3 (NCLOUD_S3_ENDPOINT_URL is not set)"
+        return Unavailable(f"cannot reach S3 at {endpoint}: {str(exc)[:200]}")
+    return None
 
 
 def join(base: str, *parts: str) -> str:
@@ -98,9 +137,12 @@ def write_stream(url: str, chunks: Iterable[bytes], max_bytes: int) -> int:
                     raise PayloadTooLarge(f"file is over the {format_size(max_bytes)} limit")
                 out.write(chunk)
         fs.mv(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if fs.exists(tmp):
             fs.rm(tmp)
+        full = storage_error(exc)
+        if isinstance(full, StorageFull):
+            raise full from None
         raise
     return written
 
@@ -112,6 +154,15 @@ def read_chunks(url: str) -> Iterator[bytes]:
     with fs.open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             yield chunk
+
+
+def open_file(url: str, missing: str) -> tuple[int, Iterator[bytes]]:
+    """(size, chunks) of one file, for a response that streams it: NotFound(`missing`) before
+    the first byte when it is not there (read_chunks alone would find out mid-response)."""
+    fs, path = filesystem(url)
+    if not fs.isfile(path):
+        raise NotFound(missing)
+    return int(fs.size(path)), read_chunks(url)
 
 
 def list_files(url: str) -> dict[str, int]:

@@ -243,10 +243,7 @@ def open_file(
     name = file_name(relative)
     get_volume(store, tenant, volume_id)
     url = storage.join(volume_url(tenant, volume_id), name)
-    fs, path = storage.filesystem(url)
-    if not fs.isfile(path):
-        raise NotFound(f"no file {name!r} in volume {volume_id}")
-    return storage.size_of(url), storage.read_chunks(url)
+    return storage.open_file(url, f"no file {name!r} in volume {volume_id}")
 
 
 def remove_file(store: Store, tenant: str, volume_id: int, relative: str) -> Volume:

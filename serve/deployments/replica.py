@@ -175,7 +175,7 @@ def model_application(
             k = self.predictor.clamp_k(k)
             counted = Request(request.scope, limits.counting(request.receive, limit))
             try:
-                named = await read_inputs(counted)
+                named = await read_inputs(counted, self.cfg.max_queue)
             except limits.TooLarge:
                 raise limits.too_large(limit) from None
             if len(named) > self.cfg.max_queue:

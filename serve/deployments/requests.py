@@ -11,12 +11,14 @@ import time
 from typing import Any
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from cluster.core import tokens
 from jobs.models import deployments
 from jobs.models.predictor import DEFAULT_K
-from ncloud.errors import InvalidInput, NotFound, Unauthenticated
+from ncloud.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
@@ -72,11 +74,35 @@ def authorize(store: Any, tenant: str | None, model_id: int | str, request: Requ
     return tenant
 
 
-async def read_inputs(request: Request) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every input: multipart files, or one raw body (a file or JSON)."""
+# Form fields that are not files (ignored, but parsed): a few, each small.
+MAX_FIELDS, MAX_FIELD_BYTES = 16, 64 << 10
+
+
+async def read_inputs(request: Request, max_inputs: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every input: multipart files, or one raw body (a file or JSON).
+
+    A multipart body is held to `max_inputs` files and MAX_FIELDS small fields as it is
+    parsed (413), and one that does not parse is a 422, never a 500.
+    """
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
-        form = await request.form()
+        try:
+            form = await request.form(
+                max_files=max_inputs, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES
+            )
+        except (MultiPartException, HTTPException) as exc:
+            message = str(getattr(exc, "message", None) or getattr(exc, "detail", exc))
+            if message.startswith("Too many files"):
+                raise PayloadTooLarge(
+                    f"over {max_inputs} files in one request; this deployment takes at most "
+                    f"{max_inputs} (its --max-queue)"
+                ) from None
+            if message.startswith(("Too many fields", "Field exceeded", "Part exceeded")):
+                raise PayloadTooLarge(
+                    f"form fields are limited to {MAX_FIELDS} of {MAX_FIELD_BYTES >> 10} KiB "
+                    f"each: {message}"
+                ) from None
+            raise InvalidInput(f"the multipart body does not parse: {message}") from None
         found = []
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):

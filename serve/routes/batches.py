@@ -26,14 +26,13 @@ from jobs.training import submit as training
 from jobs.volumes import state as volumes
 from ncloud import responses
 from ncloud.bodies import MAX_MOUNTS, Mount
-from ncloud.errors import Conflict, PayloadTooLarge
+from ncloud.errors import Conflict
 from ncloud.manifest import parse_manifest
-from ncloud.settings import settings
-from ncloud.validation import format_size, parse_mount
+from ncloud.validation import parse_mount
 from serve.auth import Caller
 from serve.deps import caller, control, store
 from serve.routes.datasets import named_files
-from serve.uploads import receive_file
+from serve.uploads import manifest_body, receive_file
 
 router = APIRouter()
 
@@ -98,9 +97,7 @@ async def upload_manifest(
     batches.check_options(k, format)
     mounts = await run_in_threadpool(_volumes, tenant, [parse_mount(v) for v in volume])
     manifest_name = storage.relative_name(posixpath.basename(name.replace("\\", "/")))
-    body = await request.body()
-    if len(body) > settings().max_body_bytes * 16:
-        raise PayloadTooLarge(f"manifest is over {format_size(settings().max_body_bytes * 16)}")
+    body = await manifest_body(request)
     _, meta = await run_in_threadpool(usable_model, tenant, model)
     manifest = parse_manifest(body, "/manifest-root")
     batch_predict.manifest_input(manifest, str(meta.get("kind", "image")))
@@ -165,8 +162,7 @@ def result(batch_id: int, c: Caller = Depends(caller)) -> StreamingResponse:
     if batch.status is not BatchStatus.COMPLETED:
         raise Conflict(f"batch prediction {batch_id} is {batch.status.value}; no result yet")
     media = "text/csv" if batch.format == "csv" else "application/x-ndjson"
-    return StreamingResponse(
-        storage.read_chunks(batch.result_url),
-        media_type=media,
-        headers={"Content-Length": str(storage.size_of(batch.result_url))},
+    size, chunks = storage.open_file(
+        batch.result_url, f"the result of batch prediction {batch_id} is gone"
     )
+    return StreamingResponse(chunks, media_type=media, headers={"Content-Length": str(size)})

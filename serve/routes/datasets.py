@@ -13,13 +13,13 @@ from cluster.core import storage
 from jobs.datasets import state as datasets
 from jobs.datasets.state import Dataset, DatasetStatus
 from ncloud import responses
-from ncloud.errors import Conflict, InvalidInput, PayloadTooLarge
+from ncloud.errors import Conflict, InvalidInput, NcloudError
 from ncloud.manifest import Manifest, file_columns, parse_manifest, read_manifest
 from ncloud.settings import settings
-from ncloud.validation import check_name, format_size
+from ncloud.validation import check_name
 from serve.auth import Caller
 from serve.deps import caller, control, store
-from serve.uploads import receive_file
+from serve.uploads import manifest_body, manifest_limit, receive_file
 
 router = APIRouter()
 UPLOADABLE = (DatasetStatus.UPLOADING, DatasetStatus.ERROR)
@@ -55,9 +55,7 @@ async def create_dataset(
     tenant = c.require_tenant()
     check_name(name, "dataset name")
     manifest_name = _manifest_name(manifest_name)
-    body = await request.body()
-    if len(body) > settings().max_body_bytes * 16:
-        raise PayloadTooLarge(f"manifest is over {format_size(settings().max_body_bytes * 16)}")
+    body = await manifest_body(request)
     manifest = parse_manifest(body, "/manifest-root")
     needed = named_files(manifest)
 
@@ -104,8 +102,15 @@ def link_dataset(body: LinkIn, c: Caller = Depends(caller)) -> responses.Dataset
     if url.startswith(root + "/") and not url.startswith(storage.tenant_url(tenant) + "/"):
         raise InvalidInput("that link points into ncloud's own storage outside your tenant")
     try:
-        manifest = read_manifest(url, max_bytes=settings().max_file_bytes)
-    except (FileNotFoundError, PermissionError, OSError) as exc:
+        manifest = read_manifest(url, max_bytes=manifest_limit())
+    except NcloudError:
+        raise
+    except Exception as exc:  # S3 this server cannot use is a 503; a link it cannot read, 422
+        unusable = storage.storage_error(exc)
+        if unusable is not None:
+            raise unusable from None
+        if not isinstance(exc, OSError):
+            raise
         raise InvalidInput(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
     ds = datasets.create(
         store(),
@@ -167,8 +172,12 @@ def download_file(dataset_id: int, path: str, c: Caller = Depends(caller)) -> St
     ds = datasets.get(store(), c.require_tenant(), dataset_id)
     relative = storage.relative_name(path)
     base = posixpath.dirname(ds.manifest_url) if ds.source == "link" else ds.raw_url
-    chunks = storage.read_chunks(storage.join(base, relative))
-    return StreamingResponse(chunks, media_type="application/octet-stream")
+    size, chunks = storage.open_file(
+        storage.join(base, relative), f"no file {relative!r} in dataset {dataset_id}"
+    )
+    return StreamingResponse(
+        chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)}
+    )
 
 
 @router.post("/datasets/{dataset_id}/ingest", status_code=202)

@@ -270,6 +270,62 @@ def test_a_file_over_the_limit_is_refused_before_it_is_read(
     client.datasets.remove(created["id"])
 
 
+def _headers(team: dict[str, str]) -> str:
+    return (
+        f"Host: 127.0.0.1\r\nAuthorization: Bearer {team['token']}\r\n"
+        f"X-Ncloud-Tenant: {team['tenant']}\r\n"
+    )
+
+
+def test_a_manifest_over_16_mib_is_413_by_its_length_and_as_it_streams(
+    server: Server, team: dict[str, str], digits: Path
+) -> None:
+    client = server.client(token=team["token"], tenant=team["tenant"])
+    port = int(server.api_url.rsplit(":", 1)[1])
+    limit = 16 << 20
+    declared = (
+        f"POST /api/v1/datasets?name=big HTTP/1.1\r\n{_headers(team)}"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {limit + 1}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(declared)  # headers only: refused by the length it declares
+        reply = _read_response(sock)
+    assert reply.startswith("HTTP/1.1 413") and "over the 16MiB limit" in reply, reply[:300]
+
+    # No length declared: chunks until one byte over, then the end; refused as it streams.
+    chunked = (
+        f"POST /api/v1/datasets?name=big HTTP/1.1\r\n{_headers(team)}"
+        "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    row = b"a.png\tone\n" * 100_000
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(chunked + b"%x\r\n@FILE\t@STRING\n\r\n" % len(b"@FILE\t@STRING\n"))
+        sent = len(b"@FILE\t@STRING\n")
+        while sent <= limit:
+            piece = row[: limit + 1 - sent]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            sent += len(piece)
+        sock.sendall(b"0\r\n\r\n")
+        reply = _read_response(sock)
+    assert reply.startswith("HTTP/1.1 413") and "manifest is over the 16MiB limit" in reply, reply[
+        :300
+    ]
+    assert client.datasets.list() == []
+
+
+def test_a_file_the_manifest_names_but_storage_lacks_downloads_as_404(
+    server: Server, team: dict[str, str], digits: Path, tmp_path: Path
+) -> None:
+    client = server.client(token=team["token"], tenant=team["tenant"])
+    created = client.datasets.create("partial", (digits / "holdout.tsv").read_bytes(), "h.tsv")
+    with pytest.raises(NotFound, match=r"no file 'holdout/0000\.png' in dataset"):
+        client.datasets.download_file(created["id"], "holdout/0000.png", tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+    assert client.datasets.download_file(created["id"], "h.tsv", tmp_path / "h.tsv") > 0
+    assert (tmp_path / "h.tsv").read_bytes() == (digits / "holdout.tsv").read_bytes()
+    client.datasets.remove(created["id"])
+
+
 def test_no_token_is_401(server: Server) -> None:
     assert httpx.get(f"{server.api_url}/api/v1/datasets").status_code == 401
 

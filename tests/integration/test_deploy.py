@@ -199,6 +199,37 @@ def test_a_body_over_the_limit_is_413_without_reading_it(
     assert reply.startswith("HTTP/1.1 413")
 
 
+@pytest.mark.parametrize(
+    ("body", "kind", "status", "match"),
+    [
+        (None, "files", 413, "over 256 files in one request; this deployment takes at most 256"),
+        (None, "fields", 413, "form fields are limited to 16"),
+        (b"--x\r\nno headers here", "boundary=x", 422, "does not parse|empty"),
+        (b"anything", "", 422, "does not parse"),
+    ],
+)
+def test_multipart_parts_and_fields_are_capped_as_they_parse(
+    server: Server, shop: dict[str, Any], body: bytes | None, kind: str, status: int, match: str
+) -> None:
+    import re
+
+    if kind == "files":  # one over the deployment's --max-queue (256 by default)
+        reply = post(server, shop["cnn"], shop["token"], files=[("file", ("e.json", b"[]"))] * 257)
+    elif kind == "fields":
+        fields = {f"f{i}": "v" for i in range(17)}  # with a file, so the body is multipart
+        png = [("file", ("a.png", png_image(16, 16)))]
+        reply = post(server, shop["cnn"], shop["token"], data=fields, files=png)
+    else:
+        content_type = f"multipart/form-data; {kind}".rstrip("; ")
+        reply = post(
+            server, shop["cnn"], shop["token"], content=body,
+            headers={"Content-Type": content_type},
+        )  # fmt: skip
+    assert reply.status_code == status and re.search(match, reply.json()["message"]), reply.text
+    good = post(server, shop["cnn"], shop["token"], files=[("file", ("ok.png", png_image(16, 16)))])
+    assert good.status_code == 200
+
+
 def test_auth_not_deployed_and_other_tenants(
     server: Server, shop: dict[str, Any], tenant: Any
 ) -> None:
