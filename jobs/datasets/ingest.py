@@ -106,6 +106,9 @@ def describe_failure(exc: BaseException) -> str:
     """One line for a dataset's Error status."""
     if isinstance(exc, NcloudError):
         return exc.message
+    told = storage.storage_error(exc)  # a full disk, S3 without credentials
+    if told is not None:
+        return f"{told.message}; then retry with `ncloud dataset ingest ID`"
     if isinstance(exc, OSError | TimeoutError | ConnectionError) or _is_connection_error(exc):
         return (
             f"storage unreachable or failing ({type(exc).__name__}: {exc}); "

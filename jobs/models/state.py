@@ -156,9 +156,16 @@ def _insert_run(
 
 
 def new_attempt(
-    store: Store, tenant: str, model_id: int, epochs: int, resume_epoch: int | None, done: int
+    store: Store,
+    tenant: str,
+    model_id: int,
+    epochs: int,
+    resume_epoch: int | None,
+    done: int,
+    note: str,
 ) -> Run:
-    """Queue the next run of a model whose latest run has ended (resume)."""
+    """Queue the next run of a model whose latest run has ended (resume); `note` is its first
+    history entry's."""
     model = get(store, tenant, model_id)
     tenant_id = accounts.get_tenant(store, tenant).id
     with store.write() as conn:
@@ -178,7 +185,7 @@ def new_attempt(
             model.options,
             epochs,
             resume_epoch,
-            note=f"resumed from epoch {done}",
+            note=note,
         )
         conn.execute(
             update(runs)

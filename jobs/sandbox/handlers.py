@@ -19,7 +19,7 @@ from jobs.sandbox import frames
 from jobs.sandbox.entry import Channel
 from jobs.training import trainer
 from jobs.training.config import TrainConfig, progress_line
-from ncloud.errors import InvalidInput, NcloudError
+from ncloud.errors import InvalidInput, NcloudError, StorageFull
 
 TAIL_LINES = 30
 
@@ -61,6 +61,8 @@ def train(args: dict[str, Any], channel: Channel) -> None:
     except BaseException as exc:  # user code may raise anything; its tail goes to the log
         tail = _failure(exc)
         sys.stderr.write(tail + "\n")
+        if isinstance(exc, StorageFull):  # the run's own folder is full: one line says it all
+            tail = f"a checkpoint was lost: {exc.message}"
         channel.send({"kind": "error", "error": tail})
 
 

@@ -124,11 +124,11 @@ def resume(
     if not last.status.is_terminal():
         raise Conflict(f"model {model_id} is {last.status.value}; it is not stopped or finished")
     found = [int(c["epoch"]) for c in checkpoints.list_checkpoints(model.url)]
-    if not found:
-        raise Conflict(f"model {model_id} has no checkpoint to resume from")
     if checkpoint is not None and checkpoint not in found:
         raise InvalidInput(f"model {model_id} has no checkpoint {checkpoint}; it has {found}")
-    start = checkpoint if checkpoint is not None else found[-1]
+    # No checkpoint (stopped while queued, or none could be written): it starts over, and
+    # the new attempt's history says so.
+    start = checkpoint if checkpoint is not None else (found[-1] if found else 0)
     target = epochs if epochs is not None else max(model.options.epochs, last.epochs)
     if target < 1:
         raise InvalidInput(f"epochs must be at least 1, not {target}")
@@ -137,4 +137,5 @@ def resume(
             f"model {model_id} is at epoch {start} already: ask for more epochs (-e {start + 1})"
         )
     usable_dataset(store, tenant, model.train_dataset_id, "training")
-    return models.new_attempt(store, tenant, model_id, target, checkpoint, start)
+    note = f"resumed from epoch {start}" if found else "no checkpoint: starting at epoch 1"
+    return models.new_attempt(store, tenant, model_id, target, checkpoint, start, note)

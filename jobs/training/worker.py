@@ -33,7 +33,7 @@ from jobs.training import group as process_group
 from jobs.training.config import Outcome, TrainConfig, WorkerJob
 from jobs.training.relay import Relay, outcome_of
 from jobs.volumes import sync as volume_sync
-from ncloud.errors import InvalidInput, NcloudError
+from ncloud.errors import InvalidInput, NcloudError, StorageFull
 from ncloud.settings import settings
 from ncloud.validation import format_size
 
@@ -251,6 +251,9 @@ class TrainWorker:
         except (frames.FrameError, InvalidInput) as exc:  # the tenant's code broke the protocol
             box.kill()
             outcome = {"outcome": Outcome.FAILED, "error": f"the run's sandbox misbehaved: {exc}"}
+        except StorageFull as exc:  # a checkpoint could not be mirrored: the run cannot go on
+            box.kill()
+            outcome = {"outcome": Outcome.FAILED, "error": f"a checkpoint was lost: {exc.message}"}
         finally:
             watch.stop()
         box.join(30)

@@ -163,7 +163,9 @@ def test_stop_then_resume_continues_the_metrics(server: Server, lab: dict[str, A
         client.models.stop(model["id"])
 
 
-def test_a_run_stopped_while_queued_cannot_resume(server: Server, lab: dict[str, Any]) -> None:
+def test_a_run_stopped_while_queued_resumes_from_the_start(
+    server: Server, lab: dict[str, Any]
+) -> None:
     client = as_user(server, lab)
     # Long enough to outlast a slow start of the pool workers on a busy machine.
     blocker = submit(client, lab, "blocker", slow_py(sleep=0.05), epochs=500, workers=2)
@@ -176,8 +178,11 @@ def test_a_run_stopped_while_queued_cannot_resume(server: Server, lab: dict[str,
         assert found["status"] == "Queued" and found["position"] == 1
         assert "needs 1 free worker slot" in found["reason"]
         assert client.models.stop(queued["id"])["status"] == "Stopped"
-        with pytest.raises(Conflict, match="no checkpoint"):
-            client.models.resume(queued["id"])
+        again = client.models.resume(queued["id"])  # it never ran: it starts over, saying so
+        assert again["status"] == "Queued" and again["attempt"] == 2, again
+        runs = client.models.show(queued["id"])["runs"]
+        assert runs[-1]["history"][0]["note"] == "no checkpoint: starting at epoch 1"
+        assert client.models.stop(queued["id"])["status"] == "Stopped"
     finally:
         client.models.stop(blocker["id"])
 

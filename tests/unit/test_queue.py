@@ -78,10 +78,10 @@ def test_the_run_state_machine_is_enforced_and_timestamped(store) -> None:  # ty
     for to in RunStatus:
         with pytest.raises(Conflict):
             models.move(store, run.id, to)
-    again = models.new_attempt(store, "t", model.id, 5, None, 3)
+    again = models.new_attempt(store, "t", model.id, 5, None, 3, "resumed from epoch 3")
     assert again.attempt == 2 and again.status is RunStatus.QUEUED and again.epochs_done == 3
     with pytest.raises(Conflict, match="stop it before resuming"):
-        models.new_attempt(store, "t", model.id, 5, None, 3)
+        models.new_attempt(store, "t", model.id, 5, None, 3, "resumed from epoch 3")
 
 
 def test_queue_order_is_priority_then_submission(store) -> None:  # type: ignore[no-untyped-def]
