@@ -98,6 +98,16 @@ class StorageFull(NcloudError):
     code, http_status = "storage_full", 507
 
 
+class TooManyRequests(NcloudError):
+    """Too many failed attempts from one place: wait `retry_after_s` (sent as Retry-After)."""
+
+    code, http_status = "too_many_requests", 429
+
+    def __init__(self, message: str = "", retry_after_s: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class UsageError(NcloudError):
     """The command line itself is wrong (exit code 2)."""
 
@@ -127,6 +137,7 @@ def error_from_body(status: int, body: object) -> NcloudError:
         409: Conflict,
         413: PayloadTooLarge,
         422: InvalidInput,
+        429: TooManyRequests,
         503: Unavailable,
         507: StorageFull,
     }

@@ -40,6 +40,9 @@ class Settings:
     max_file_bytes: int
     # 1 shows tracebacks in the CLI. Default 0.
     debug: bool
+    # Failed authentications a minute from one client address, or for one token id, before
+    # more are refused with 429 (per API or deployment replica). Default 20.
+    auth_failures_per_minute: int
     # Path of the CLI's config file. Default ~/.ncloudrc.
     rc_path: Path
     # S3 endpoint for NCLOUD_STORAGE=s3://... and linked datasets (moto, MinIO). Default: AWS.
@@ -70,6 +73,7 @@ def settings() -> Settings:
         max_body_bytes=_int("NCLOUD_MAX_BODY_BYTES", 1 << 20),
         max_file_bytes=_int("NCLOUD_MAX_FILE_BYTES", 256 << 20),
         debug=os.environ.get("NCLOUD_DEBUG", "0") not in ("", "0", "false"),
+        auth_failures_per_minute=_int("NCLOUD_AUTH_FAILURES_PER_MINUTE", 20),
         rc_path=Path(os.environ.get("NCLOUD_RC") or Path.home() / ".ncloudrc").expanduser(),
         s3_endpoint_url=os.environ.get("NCLOUD_S3_ENDPOINT_URL") or None,
         single_tenant=os.environ.get("NCLOUD_SINGLE_TENANT", "0") not in ("", "0", "false"),

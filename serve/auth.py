@@ -10,6 +10,7 @@ from cluster.core import accounts, tokens
 from cluster.core.store import Store
 from ncloud.errors import Forbidden, InvalidInput, Unauthenticated
 from ncloud.protocol import TENANT_HEADER
+from serve.throttle import FailedAuth
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,20 @@ class Caller:
         return self.tenant
 
 
-def identify(request: Request, store: Store) -> Caller:
+def identify(request: Request, store: Store, guard: FailedAuth) -> Caller:
+    """The caller of a request; 401 for a bad token, 429 after too many (serve.throttle)."""
     header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        raise Unauthenticated("no token: send 'Authorization: Bearer <token>' (ncloud configure)")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-    user = tokens.authenticate(store, token.strip())
-    tenant = request.headers.get(TENANT_HEADER) or None
-    return Caller(user, tenant)
+
+    def authenticate() -> accounts.User:
+        scheme, _, token = header.partition(" ")
+        if not header:
+            raise Unauthenticated(
+                "no token: send 'Authorization: Bearer <token>' (ncloud configure)"
+            )
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+        return tokens.authenticate(store, token.strip())
+
+    address = request.client.host if request.client else None
+    user = guard.check(address, header, authenticate)
+    return Caller(user, request.headers.get(TENANT_HEADER) or None)

@@ -10,6 +10,7 @@ from cluster.core.store import Store, open_store
 from ncloud.settings import settings
 from serve.auth import Caller, identify
 from serve.control import ControlPlane
+from serve.throttle import FailedAuth
 
 
 @functools.cache
@@ -22,5 +23,10 @@ def control() -> ControlPlane:
     return ControlPlane()
 
 
+@functools.cache
+def failed_auth() -> FailedAuth:
+    return FailedAuth(settings().auth_failures_per_minute)
+
+
 def caller(request: Request) -> Caller:
-    return identify(request, store())
+    return identify(request, store(), failed_auth())

@@ -30,7 +30,9 @@ def error_response(exc: Exception, log: logging.Logger = log) -> JSONResponse:
     if not isinstance(exc, NcloudError):
         log.error("unhandled error", exc_info=exc)
         exc = ServerError(f"internal error ({type(exc).__name__}); see the server log")
-    return JSONResponse(exc.to_body(), status_code=exc.http_status)
+    wait = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(wait)} if wait is not None else None
+    return JSONResponse(exc.to_body(), status_code=exc.http_status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -15,6 +15,7 @@ every request, which showed in throughput under load.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,9 +33,11 @@ from jobs.models import state as models
 from jobs.models.predictor import Predictor
 from jobs.volumes import sync as volume_sync
 from ncloud.errors import NcloudError, NotFound, PayloadTooLarge, Unavailable
+from ncloud.settings import settings
 from serve import limits
-from serve.deployments.requests import AuthCache, authorize, query, read_inputs, relative_path
+from serve.deployments.requests import authorize, query, read_inputs, relative_path
 from serve.errors import error_response
+from serve.throttle import AuthCache, FailedAuth
 
 log = logging.getLogger("ncloud.deployment")
 MAX_BODY = 64 << 20  # a request's files together
@@ -110,6 +113,7 @@ def model_application(
             self.waiting = 0  # decoded inputs not yet answered
             self.active = 0  # requests in the handler
             self.auth = AuthCache(AUTH_TTL_S)
+            self.failures = FailedAuth(settings().auth_failures_per_minute)
             log.info("model %s serving on %s (GPUs %s)", self.cfg.model_id, device, self.gpu_ids)
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
@@ -142,7 +146,9 @@ def model_application(
             header = request.headers.get("authorization", "")
             if not self.auth.fresh(header):
                 cfg = self.cfg
-                await asyncio.to_thread(authorize, self.store, cfg.tenant, cfg.model_id, request)
+                check = functools.partial(authorize, self.store, cfg.tenant, cfg.model_id, request)
+                address = request.client.host if request.client else None
+                await asyncio.to_thread(self.failures.check, address, header, check)
                 self.auth.remember(header)
 
         async def _info(self, request: Request) -> dict[str, Any]:

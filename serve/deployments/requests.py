@@ -1,13 +1,12 @@
 """What a deployed model's replica does with a request before the network sees it.
 
-Who may ask (a tenant token or the deployment's own, cached for a second), which inputs it
-sent, its query parameters, and its path under the deployment's route.
+Who may ask (a tenant token or the deployment's own; serve.throttle caches the answer and
+throttles failures), which inputs it sent, its query parameters, and its path under the
+deployment's route.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -21,35 +20,6 @@ from jobs.models.predictor import DEFAULT_K
 from ncloud.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
-
-
-class AuthCache:
-    """Authorization headers that passed the check in the last `ttl_s` seconds.
-
-    Checking a token is a database read; under load every request would pay for one. Only
-    successes are kept (as hashes), so a bad token is refused on every request, and a revoked
-    one is refused at most `ttl_s` after the revocation.
-    """
-
-    def __init__(self, ttl_s: float, size: int = 1024) -> None:
-        self.ttl_s, self.size = ttl_s, size
-        self._until: dict[bytes, float] = {}
-
-    @staticmethod
-    def _key(header: str) -> bytes:
-        return hashlib.sha256(header.encode()).digest()
-
-    def fresh(self, header: str) -> bool:
-        until = self._until.get(self._key(header))
-        return until is not None and time.monotonic() < until
-
-    def remember(self, header: str) -> None:
-        if len(self._until) >= self.size:
-            now = time.monotonic()
-            self._until = {k: t for k, t in self._until.items() if t > now}
-            if len(self._until) >= self.size:
-                self._until.clear()
-        self._until[self._key(header)] = time.monotonic() + self.ttl_s
 
 
 def authorize(store: Any, tenant: str | None, model_id: int | str, request: Request) -> str:

@@ -185,6 +185,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, s3: S3) -> Iterator[Server]
             "PYTHONUNBUFFERED": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
             "NCLOUD_S3_ENDPOINT_URL": s3.proxy.url,
+            # Every test calls from 127.0.0.1: its own 401 checks stay far under this; the
+            # throttling tests flood from other loopback addresses (127.0.0.0/8).
+            "NCLOUD_AUTH_FAILURES_PER_MINUTE": "60",
             # absent unless a test writes it: then the cluster "may grow" as it says
             "NCLOUD_AUTOSCALER_CONFIG": str(home / "autoscaler.yaml"),
             **CREDENTIALS,

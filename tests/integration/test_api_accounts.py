@@ -145,6 +145,47 @@ def test_tokens_401_and_403(server: Server, tenant: Callable[..., Any]) -> None:
         server.client(token=ada["token"]).info()
 
 
+def _from(address: str) -> httpx.Client:
+    """A client whose connections come from `address` (any of 127.0.0.0/8 reaches 127.0.0.1)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
+
+
+def test_failed_authentication_is_throttled_per_address_and_per_token_id(
+    server: Server, tenant: Callable[..., Any]
+) -> None:
+    limit = int(server.env["NCLOUD_AUTH_FAILURES_PER_MINUTE"])
+    tenant("guarded")
+    bob = server.client().users.add("bob@example.com", ["guarded"])
+    url = f"{server.api_url}/api/v1/info"
+    try:
+        with _from("127.0.0.9") as flood:
+            good = {"Authorization": f"Bearer {bob['token']}"}
+            assert flood.get(url, headers=good).status_code == 200  # seen here: remembered
+            codes = [
+                flood.get(url, headers={"Authorization": f"Bearer nc_guess{i}_wrong"})
+                for i in range(limit + 3)
+            ]
+            assert [r.status_code for r in codes] == [401] * limit + [429] * 3
+            refused = codes[-1]
+            assert refused.json()["code"] == "too_many_requests"
+            assert 1 <= int(refused.headers["Retry-After"]) <= 60, refused.headers
+            assert flood.get(url, headers=good).status_code == 200  # a valid token: not slowed
+            fresh = server.client(token=bob["token"]).tokens.create("new")
+            new = {"Authorization": f"Bearer {fresh['token']}"}
+            assert flood.get(url, headers=new).status_code == 429  # never seen from here: waits
+        assert httpx.get(url, headers=new).status_code == 200  # other addresses are not throttled
+
+        # One token id guessed from many addresses: that id is throttled wherever it comes from.
+        target = f"Bearer nc_{fresh['id']}_guess"
+        for i in range(limit):
+            with _from(f"127.0.2.{i + 1}") as one:
+                assert one.get(url, headers={"Authorization": target}).status_code == 401
+        with _from("127.0.3.1") as other:
+            assert other.get(url, headers={"Authorization": target}).status_code == 429
+    finally:
+        server.client().users.remove("bob@example.com")
+
+
 def test_openapi_is_served(server: Server) -> None:
     spec = httpx.get(f"{server.api_url}/api/v1/openapi.json").json()
     assert "/tenants" in spec["paths"] or "/api/v1/tenants" in spec["paths"]

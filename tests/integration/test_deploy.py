@@ -230,6 +230,25 @@ def test_multipart_parts_and_fields_are_capped_as_they_parse(
     assert good.status_code == 200
 
 
+def test_a_replica_throttles_failed_authentication_but_not_a_token_it_knows(
+    server: Server, shop: dict[str, Any]
+) -> None:
+    limit = int(server.env["NCLOUD_AUTH_FAILURES_PER_MINUTE"])
+    url, png = predict_url(server, shop["cnn"]), [("file", ("a.png", png_image(16, 16)))]
+    transport = httpx.HTTPTransport(local_address="127.0.0.12")  # this test's own address
+    with httpx.Client(transport=transport, timeout=60) as flood:
+        good = {"Authorization": f"Bearer {shop['token']}"}
+        assert flood.post(url, headers=good, files=png).status_code == 200
+        codes = [
+            flood.post(url, headers={"Authorization": f"Bearer nc_g{i}_x"}, files=png).status_code
+            for i in range(limit + 2)
+        ]
+        assert codes == [401] * limit + [429] * 2
+        refused = flood.post(url, headers={"Authorization": "Bearer nc_g_x"}, files=png)
+        assert refused.json()["code"] == "too_many_requests" and refused.headers["Retry-After"]
+        assert flood.post(url, headers=good, files=png).status_code == 200
+
+
 def test_auth_not_deployed_and_other_tenants(
     server: Server, shop: dict[str, Any], tenant: Any
 ) -> None:
@@ -298,8 +317,7 @@ def test_revoked_deployment_token_is_401_and_undeploy_frees_the_bundle(
     x = json.dumps([0.0] * 64)
     assert post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 200
     server.cli("model", "token-revoke", str(shop["mlp"]), token=shop["token"], tenant="shop")
-    # A replica trusts a token it checked for up to a second (AuthCache in
-    # serve/deployments/replica.py).
+    # A replica trusts a token it checked for up to a second (AuthCache in serve/throttle.py).
     wait_for(
         lambda: (
             post(server, shop["mlp"], token, files=[("file", ("x.json", x))]).status_code == 401

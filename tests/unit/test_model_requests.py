@@ -1,4 +1,4 @@
-"""A deployed model's request handling: the token cache, query parameters, paths, errors."""
+"""A deployed model's request handling: who may ask, query parameters, paths, errors."""
 
 from __future__ import annotations
 
@@ -13,54 +13,8 @@ from jobs.models import deployments
 from jobs.models import state as models
 from jobs.models.options import TrainOptions
 from ncloud.errors import InvalidInput, NotFound, Unauthenticated
-from serve.deployments import requests as model_requests
-from serve.deployments.requests import AuthCache, authorize, query, relative_path
+from serve.deployments.requests import authorize, query, relative_path
 from serve.errors import error_response
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(model_requests.time, "monotonic", c)
-    return c
-
-
-def test_a_remembered_header_is_fresh_until_the_ttl_passes(clock: Clock) -> None:
-    cache = AuthCache(ttl_s=1.0)
-    assert not cache.fresh("Bearer a")
-    cache.remember("Bearer a")
-    assert cache.fresh("Bearer a")
-    assert not cache.fresh("Bearer b")
-    clock.now += 0.99
-    assert cache.fresh("Bearer a")
-    clock.now += 0.02
-    assert not cache.fresh("Bearer a")  # a revoked token is checked again, and refused
-
-
-def test_the_cache_stays_bounded_and_keeps_live_entries_when_it_can(clock: Clock) -> None:
-    cache = AuthCache(ttl_s=1.0, size=3)
-    cache.remember("old")
-    clock.now += 2
-    cache.remember("a")
-    cache.remember("b")
-    cache.remember("c")  # full: the expired entry goes, the live ones stay
-    assert all(cache.fresh(h) for h in ("a", "b", "c"))
-    cache.remember("d")  # full of live entries: start over rather than grow
-    assert cache.fresh("d") and not cache.fresh("a")
-
-
-def test_headers_are_kept_as_hashes_not_as_tokens(clock: Clock) -> None:
-    cache = AuthCache(ttl_s=1.0)
-    cache.remember("Bearer nc_secret")
-    assert all(b"nc_secret" not in key for key in cache._until)
 
 
 def _request(path: str, query_string: str = "", root: str = "/models/7") -> Request:
