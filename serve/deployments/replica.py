@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from jobs.volumes import sync as volume_sync
 from ncloud.errors import NcloudError, NotFound, PayloadTooLarge, Unavailable
 from ncloud.settings import settings
 from serve import limits
+from serve.deployments.admission import Drain
 from serve.deployments.requests import authorize, query, read_inputs, relative_path
 from serve.errors import error_response
 from serve.throttle import AuthCache, FailedAuth
@@ -43,6 +45,7 @@ log = logging.getLogger("ncloud.deployment")
 MAX_BODY = 64 << 20  # a request's files together
 AUTH_TTL_S = 1.0  # a revoked token stops working within this long
 PROXY_QUEUE_FLOOR = 64  # requests the proxy may hold for one deployment, at the least
+MAX_ONGOING_FLOOR = 2048  # requests Serve lets into one replica, at the least
 
 
 class MethodNotAllowed(NcloudError):
@@ -76,13 +79,16 @@ def model_application(
         name="model",
         num_replicas=replicas,
         ray_actor_options=actor,
-        # Room for as many requests again as inputs may wait, so that the replica itself
-        # says no (a JSON 503) to the overflow. The proxy's own queue also holds every
-        # request of a burst while it picks a replica, so it gets room too (a bound of 3
-        # dropped the 4th of 8 simultaneous requests); past it the proxy answers 503 in
-        # its own plain text.
-        max_ongoing_requests=2 * cfg.max_queue,
-        max_queued_requests=max(2 * cfg.max_queue, PROXY_QUEUE_FLOOR),
+        # The replica decides who waits (--max-queue inputs, and no longer than
+        # admission.WAIT_BUDGET_S at the rate it has been answering); Serve's own limit is
+        # set far above that, so its proxy never sees the replica full. A full replica in
+        # Serve's eyes makes the proxy probe it and retry the requests it holds, which
+        # under a burst of 1,000 kept some waiting 20 s and more (bench/burst.py). The
+        # proxy's queue still holds every request of a burst while it picks a replica
+        # (a bound of 3 dropped the 4th of 8 simultaneous requests); past it the proxy
+        # answers 503 with Retry-After in its own plain text.
+        max_ongoing_requests=max(MAX_ONGOING_FLOOR, 4 * cfg.max_queue),
+        max_queued_requests=PROXY_QUEUE_FLOOR,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
         health_check_period_s=5,
         health_check_timeout_s=30,
@@ -111,6 +117,8 @@ def model_application(
             self._forward.set_max_batch_size(self.cfg.max_batch)  # type: ignore[attr-defined]
             self._forward.set_batch_wait_timeout_s(self.cfg.batch_wait_s)  # type: ignore[attr-defined]
             self.waiting = 0  # decoded inputs not yet answered
+            self.drain = Drain()
+            self.reading = 0  # requests admitted whose bodies are still coming in
             self.active = 0  # requests in the handler
             self.auth = AuthCache(AUTH_TTL_S)
             self.failures = FailedAuth(settings().auth_failures_per_minute)
@@ -131,7 +139,11 @@ def model_application(
                 if path == "/predict":
                     if request.method != "POST":
                         raise MethodNotAllowed("POST files to /predict")
-                    return await self._predict(request)
+                    arrived = time.perf_counter()
+                    answer = await self._predict(request)
+                    took = (time.perf_counter() - arrived) * 1e3  # the replica's share of it
+                    answer.headers["Server-Timing"] = f"replica;dur={took:.1f}"
+                    return answer
                 if path == "/":
                     if request.method != "GET":
                         raise MethodNotAllowed("GET / describes the model; POST to /predict")
@@ -165,6 +177,14 @@ def model_application(
                 "gpu_ids": self.gpu_ids,
             }
 
+        def _room(self, inputs: int, reading: int = 0) -> bool:
+            """Room for `inputs` more: under --max-queue, and answered within the budget at
+            the rate the replica has been answering (serve/deployments/admission.py).
+            `reading` requests still receiving their bodies count as one input each."""
+            held = self.waiting + reading
+            within = held + inputs <= self.cfg.max_queue
+            return within and self.drain.admits(held, inputs, self.cfg.max_batch)
+
         def _busy(self) -> Response:
             busy = Unavailable("this deployment is busy: retry in a second")
             return JSONResponse(busy.to_body(), status_code=503, headers={"Retry-After": "1"})
@@ -175,21 +195,24 @@ def model_application(
             if declared is not None and declared > limit:
                 raise limits.too_large(limit)
             await self._authorize(request)
-            if self.waiting >= self.cfg.max_queue:  # full: say so before reading the body
+            if not self._room(1, self.reading):  # full: say so before reading the body
                 return self._busy()
             k, raw = query(request)
             k = self.predictor.clamp_k(k)
             counted = Request(request.scope, limits.counting(request.receive, limit))
+            self.reading += 1  # holds a place while its body comes in
             try:
                 named = await read_inputs(counted, self.cfg.max_queue)
             except limits.TooLarge:
                 raise limits.too_large(limit) from None
+            finally:
+                self.reading -= 1
             if len(named) > self.cfg.max_queue:
                 raise PayloadTooLarge(
                     f"{len(named)} inputs in one request; this deployment takes at most "
                     f"{self.cfg.max_queue} (its --max-queue)"
                 )
-            if self.waiting + len(named) > self.cfg.max_queue:
+            if not self._room(len(named)):
                 return self._busy()
             decoded = [self.predictor.decode(name, data) for name, data in named]
             self.waiting += len(decoded)
@@ -202,6 +225,7 @@ def model_application(
                     probs = await asyncio.gather(*[self._forward(x) for x in decoded])
             finally:
                 self.waiting -= len(decoded)
+                self.drain.answered(len(decoded), self.waiting)
             if raw:
                 outputs = [
                     {"input": n, "output": p.tolist(), "shape": list(p.shape)}

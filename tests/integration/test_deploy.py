@@ -347,7 +347,7 @@ def test_a_full_replica_answers_503_with_retry_after_and_recovers(
 
     One request is held open sending its body, so the replica is never idle and every input
     of the flood waits in the batch (an idle replica forwards at once, and a flood that
-    arrived one by one would all fit). Serve lets 2 x 3 requests into the replica and holds
+    arrived one by one would all fit). Serve lets 2,048 requests into the replica and holds
     up to 64 in the proxy, so every refusal is the replica's JSON 503, not the proxy's.
     """
     client: Client = shop["client"]

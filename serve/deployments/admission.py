@@ -1,0 +1,55 @@
+"""How long a new input would wait in a replica, from how fast it has been answering.
+
+A replica refuses (503 with Retry-After) an input that would wait longer than a budget, not
+only one past --max-queue: under a burst the machine is shared with the proxy and the
+clients, the replica drains slower than it does alone, and a queue sized for a quiet
+machine would keep its last inputs waiting for many seconds. The rate is what the replica
+actually achieved while it was busy in the last few seconds, so it includes every cost
+(decoding, batching, the forward, a CPU shared with others).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+WAIT_BUDGET_S = 0.5  # the longest a newly admitted input should wait for its answer
+
+
+class Drain:
+    """Answers of a busy replica in the last `window_s`: (when, seconds since the answer
+    before, inputs answered), counted only while inputs were waiting all along."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float, int]] = deque()
+        self._last: float | None = None
+        self._busy = False
+
+    def answered(self, inputs: int, still_waiting: int, now: float | None = None) -> None:
+        """`inputs` were just answered and `still_waiting` others wait now."""
+        now = time.monotonic() if now is None else now
+        if self._last is not None and self._busy:
+            self._samples.append((now, now - self._last, inputs))
+        self._last, self._busy = now, still_waiting > 0
+        while self._samples and self._samples[0][0] < now - self.window_s:
+            self._samples.popleft()
+
+    def wait_s(self, inputs: int, now: float | None = None) -> float | None:
+        """Seconds until `inputs` waiting inputs are all answered at the recent busy rate;
+        None when there is no recent busy time to judge by."""
+        now = time.monotonic() if now is None else now
+        recent = [(dt, n) for when, dt, n in self._samples if when >= now - self.window_s]
+        answered = sum(n for _, n in recent)
+        if not answered:
+            return None
+        return inputs * sum(dt for dt, _ in recent) / answered
+
+    def admits(self, waiting: int, more: int, unknown: int, now: float | None = None) -> bool:
+        """Whether `more` inputs may join `waiting` ones within the budget. Into an empty
+        queue always (one request is never refused for the speed of others); with no recent
+        rate to judge by (the start of a burst), up to `unknown` inputs (one batch)."""
+        if waiting == 0:
+            return True
+        wait = self.wait_s(waiting + more, now)
+        return waiting + more <= unknown if wait is None else wait <= WAIT_BUDGET_S
