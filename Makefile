@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip on these machines warns about every local index it skips; keep real errors visible.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: install postgres demo test lint unit integration bench clean
+.PHONY: install postgres demo test lint unit integration fuzz bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ unit: install postgres
 
 integration: install
 	$(PY) -m pytest -q tests/integration
+
+# schemathesis against a live server, longer than the suite's run and with a new seed each time.
+fuzz: install
+	NCLOUD_FUZZ_EXAMPLES=$${NCLOUD_FUZZ_EXAMPLES:-100} NCLOUD_FUZZ_SEED=$${NCLOUD_FUZZ_SEED:-$$RANDOM} \
+	  $(PY) -m pytest -q -s tests/integration/test_fuzz.py
 
 bench: install
 	$(PY) -m bench.loader

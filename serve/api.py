@@ -15,7 +15,7 @@ from ncloud.settings import settings
 from ncloud.validation import check_name, parse_size
 from serve.auth import Caller
 from serve.deps import caller, control, store
-from serve.errors import install_error_handlers
+from serve.errors import ERROR_RESPONSES, install_error_handlers
 from serve.limits import BodySizeLimit
 from serve.routes import batches as batch_api
 from serve.routes import datasets as datasets_api
@@ -198,12 +198,9 @@ def create_app() -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    app.include_router(router)
-    app.include_router(datasets_api.router)
-    app.include_router(volumes_api.router)
-    app.include_router(models_api.router)
-    app.include_router(deploy_api.router)
-    app.include_router(batch_api.router)
+    routers = [router, datasets_api.router, volumes_api.router, models_api.router]
+    for found in [*routers, deploy_api.router, batch_api.router]:
+        app.include_router(found, responses=ERROR_RESPONSES)  # declared in the OpenAPI
 
     install_error_handlers(app)
 

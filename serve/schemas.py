@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
+from fastapi import Path
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+
+from ncloud.bodies import MAX_INT
+
+# An id in a route's path; past what the store holds it is a 422, not an overflow.
+ObjectId = Annotated[int, Path(ge=1, le=MAX_INT)]
+
+
+def file_answer(*media_types: str) -> dict[str, Any]:
+    """A route's keywords for answering a file's bytes, declared as such in the OpenAPI."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    content = {media: binary for media in media_types or ("application/octet-stream",)}
+    ok = {"description": "the file's bytes", "content": content}
+    return {"response_class": StreamingResponse, "responses": {200: ok}}
 
 
 class _Body(BaseModel):

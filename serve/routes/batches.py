@@ -8,7 +8,7 @@ with the manifest as the body (answers with the files it names), ``PUT`` each fi
 from __future__ import annotations
 
 import posixpath
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -25,13 +25,14 @@ from jobs.sandbox.policy import check_mounts
 from jobs.training import submit as training
 from jobs.volumes import state as volumes
 from ncloud import responses
-from ncloud.bodies import MAX_MOUNTS, Mount
+from ncloud.bodies import MAX_INT, MAX_MOUNTS, Id, Mount
 from ncloud.errors import Conflict
 from ncloud.manifest import parse_manifest
 from ncloud.validation import parse_mount
 from serve.auth import Caller
 from serve.deps import caller, control, store
 from serve.routes.datasets import named_files
+from serve.schemas import ObjectId, file_answer
 from serve.uploads import manifest_body, receive_file
 
 router = APIRouter()
@@ -40,8 +41,8 @@ router = APIRouter()
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: int
-    dataset: int
+    model: Id
+    dataset: Id
     k: int = predictor.DEFAULT_K
     format: str = "csv"
     volumes: list[Mount] = Field(default_factory=list, max_length=MAX_MOUNTS)
@@ -85,7 +86,7 @@ def predict_dataset(body: BatchIn, c: Caller = Depends(caller)) -> responses.Bat
 @router.post("/batches/upload", status_code=201)
 async def upload_manifest(
     request: Request,
-    model: int,
+    model: Annotated[int, Query(ge=1, le=MAX_INT)],
     name: str = "manifest.tsv",
     k: int = predictor.DEFAULT_K,
     format: str = "csv",
@@ -129,7 +130,7 @@ def _uploading(tenant: str, batch_id: int) -> Batch:
 
 @router.put("/batches/{batch_id}/files/{path:path}")
 async def upload_file(
-    batch_id: int, path: str, request: Request, c: Caller = Depends(caller)
+    batch_id: ObjectId, path: str, request: Request, c: Caller = Depends(caller)
 ) -> responses.FileSize:
     tenant = c.require_tenant()
     relative = storage.relative_name(path)
@@ -139,7 +140,7 @@ async def upload_file(
 
 
 @router.post("/batches/{batch_id}/start", status_code=202)
-def start(batch_id: int, c: Caller = Depends(caller)) -> responses.Batch:
+def start(batch_id: ObjectId, c: Caller = Depends(caller)) -> responses.Batch:
     """Queue an uploaded batch; files never uploaded become bad rows of its result."""
     tenant = c.require_tenant()
     _uploading(tenant, batch_id)
@@ -152,12 +153,12 @@ def list_batches(c: Caller = Depends(caller)) -> list[responses.Batch]:
 
 
 @router.get("/batches/{batch_id}")
-def show_batch(batch_id: int, c: Caller = Depends(caller)) -> responses.Batch:
+def show_batch(batch_id: ObjectId, c: Caller = Depends(caller)) -> responses.Batch:
     return batches.get(store(), c.require_tenant(), batch_id).as_json()
 
 
-@router.get("/batches/{batch_id}/result")
-def result(batch_id: int, c: Caller = Depends(caller)) -> StreamingResponse:
+@router.get("/batches/{batch_id}/result", **file_answer("text/csv", "application/x-ndjson"))
+def result(batch_id: ObjectId, c: Caller = Depends(caller)) -> StreamingResponse:
     batch = batches.get(store(), c.require_tenant(), batch_id)
     if batch.status is not BatchStatus.COMPLETED:
         raise Conflict(f"batch prediction {batch_id} is {batch.status.value}; no result yet")

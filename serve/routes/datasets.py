@@ -19,6 +19,7 @@ from ncloud.settings import settings
 from ncloud.validation import check_name
 from serve.auth import Caller
 from serve.deps import caller, control, store
+from serve.schemas import ObjectId, file_answer
 from serve.uploads import manifest_body, manifest_limit, receive_file
 
 router = APIRouter()
@@ -131,13 +132,13 @@ def list_datasets(c: Caller = Depends(caller)) -> list[responses.Dataset]:
 
 
 @router.get("/datasets/{dataset_id}")
-def show_dataset(dataset_id: int, c: Caller = Depends(caller)) -> responses.Dataset:
+def show_dataset(dataset_id: ObjectId, c: Caller = Depends(caller)) -> responses.Dataset:
     ds = datasets.get(store(), c.require_tenant(), dataset_id)
     return ds.as_json()
 
 
 @router.delete("/datasets/{dataset_id}")
-def delete_dataset(dataset_id: int, c: Caller = Depends(caller)) -> responses.Dataset:
+def delete_dataset(dataset_id: ObjectId, c: Caller = Depends(caller)) -> responses.Dataset:
     return datasets.remove(store(), c.require_tenant(), dataset_id).as_json()
 
 
@@ -150,7 +151,7 @@ def _uploadable(tenant: str, dataset_id: int) -> Dataset:
 
 @router.put("/datasets/{dataset_id}/files/{path:path}")
 async def upload_file(
-    dataset_id: int, path: str, request: Request, c: Caller = Depends(caller)
+    dataset_id: ObjectId, path: str, request: Request, c: Caller = Depends(caller)
 ) -> responses.FileSize:
     tenant = c.require_tenant()
     relative = storage.relative_name(path)
@@ -162,13 +163,15 @@ async def upload_file(
 
 
 @router.get("/datasets/{dataset_id}/files")
-def list_files(dataset_id: int, c: Caller = Depends(caller)) -> dict[str, int]:
+def list_files(dataset_id: ObjectId, c: Caller = Depends(caller)) -> dict[str, int]:
     ds = datasets.get(store(), c.require_tenant(), dataset_id)
     return storage.list_files(ds.raw_url) if ds.source == "upload" else {}
 
 
-@router.get("/datasets/{dataset_id}/files/{path:path}")
-def download_file(dataset_id: int, path: str, c: Caller = Depends(caller)) -> StreamingResponse:
+@router.get("/datasets/{dataset_id}/files/{path:path}", **file_answer())
+def download_file(
+    dataset_id: ObjectId, path: str, c: Caller = Depends(caller)
+) -> StreamingResponse:
     ds = datasets.get(store(), c.require_tenant(), dataset_id)
     relative = storage.relative_name(path)
     base = posixpath.dirname(ds.manifest_url) if ds.source == "link" else ds.raw_url
@@ -181,7 +184,7 @@ def download_file(dataset_id: int, path: str, c: Caller = Depends(caller)) -> St
 
 
 @router.post("/datasets/{dataset_id}/ingest", status_code=202)
-def ingest_dataset(dataset_id: int, c: Caller = Depends(caller)) -> responses.Dataset:
+def ingest_dataset(dataset_id: ObjectId, c: Caller = Depends(caller)) -> responses.Dataset:
     """Check every named file arrived, then ingest in the background (also: retry after Error)."""
     tenant = c.require_tenant()
     ds = _uploadable(tenant, dataset_id)

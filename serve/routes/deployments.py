@@ -17,13 +17,14 @@ from cluster.core.names import ON_HEAD
 from jobs.models import deployments
 from jobs.models import state as models
 from ncloud import responses
-from ncloud.bodies import MAX_MOUNTS, Mount
+from ncloud.bodies import MAX_MOUNTS, Count, Mount
 from ncloud.errors import Conflict
 from ncloud.protocol import host_of
 from serve.auth import Caller
 from serve.deployments.requests import authorize
 from serve.deps import caller, control, store
 from serve.errors import install_error_handlers
+from serve.schemas import ObjectId
 
 router = APIRouter()
 DEFAULTS = deployments.Batching()
@@ -34,7 +35,7 @@ class DeployIn(BaseModel):
 
     replicas: int = Field(1, ge=1, le=64)
     gpus: int = Field(0, ge=0, le=8)
-    checkpoint: int | None = Field(None, ge=0)
+    checkpoint: Count | None = Field(None, ge=0)
     max_batch: int = Field(DEFAULTS.max_batch, ge=1, le=1024, description="inputs per forward")
     batch_wait_ms: float = Field(
         DEFAULTS.batch_wait_ms, ge=0, le=1000, description="how long a batch waits to fill"
@@ -52,7 +53,7 @@ def _with_url(request: Request, found: responses.Deployment) -> responses.Deploy
 
 @router.post("/models/{model_id}/deploy", status_code=201)
 def deploy(
-    model_id: int, body: DeployIn, request: Request, c: Caller = Depends(caller)
+    model_id: ObjectId, body: DeployIn, request: Request, c: Caller = Depends(caller)
 ) -> responses.Deployment:
     tenant = c.require_tenant()
     models.get(store(), tenant, model_id)
@@ -64,7 +65,9 @@ def deploy(
 
 
 @router.post("/models/{model_id}/undeploy")
-def undeploy(model_id: int, request: Request, c: Caller = Depends(caller)) -> responses.Deployment:
+def undeploy(
+    model_id: ObjectId, request: Request, c: Caller = Depends(caller)
+) -> responses.Deployment:
     tenant = c.require_tenant()
     models.get(store(), tenant, model_id)
     return _with_url(request, control().call("undeploy_model", tenant, model_id))
@@ -72,14 +75,14 @@ def undeploy(model_id: int, request: Request, c: Caller = Depends(caller)) -> re
 
 @router.get("/models/{model_id}/deployment")
 def deployment(
-    model_id: int, request: Request, c: Caller = Depends(caller)
+    model_id: ObjectId, request: Request, c: Caller = Depends(caller)
 ) -> responses.Deployment:
     tenant = c.require_tenant()
     return _with_url(request, deployments.get(store(), tenant, model_id).as_json())
 
 
 @router.delete("/models/{model_id}/deployment/token")
-def revoke_token(model_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+def revoke_token(model_id: ObjectId, c: Caller = Depends(caller)) -> dict[str, Any]:
     tenant = c.require_tenant()
     deployments.revoke_token(store(), tenant, model_id)
     return {"model": model_id, "token_active": False}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
@@ -16,10 +17,11 @@ from jobs.models import state as models
 from jobs.models.state import RunStatus
 from jobs.training import submit as training
 from ncloud import responses
-from ncloud.bodies import TrainRequest
+from ncloud.bodies import MAX_INT, Count, TrainRequest
 from ncloud.errors import InvalidInput, NotFound
 from serve.auth import Caller
 from serve.deps import caller, control, store
+from serve.schemas import ObjectId, file_answer
 
 router = APIRouter()
 STOP_WAIT_S = 45.0
@@ -28,8 +30,8 @@ STOP_WAIT_S = 45.0
 class ResumeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int | None = None
-    checkpoint: int | None = None
+    epochs: Count | None = None
+    checkpoint: Count | None = None
 
 
 def describe(
@@ -107,7 +109,7 @@ def list_models(status: str | None = None, c: Caller = Depends(caller)) -> list[
 
 
 @router.get("/models/{model_id}")
-def show_model(model_id: int, c: Caller = Depends(caller)) -> responses.ModelDetail:
+def show_model(model_id: ObjectId, c: Caller = Depends(caller)) -> responses.ModelDetail:
     tenant = c.require_tenant()
     model = models.get(store(), tenant, model_id)
     runs = models.list_runs(store(), tenant, model_id)
@@ -131,13 +133,16 @@ def show_model(model_id: int, c: Caller = Depends(caller)) -> responses.ModelDet
 
 @router.get("/models/{model_id}/logs")
 def logs(
-    model_id: int, after: int = 0, limit: int = 1000, c: Caller = Depends(caller)
+    model_id: ObjectId,
+    after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    c: Caller = Depends(caller),
 ) -> responses.Logs:
     tenant = c.require_tenant()
     models.get(store(), tenant, model_id)
     run = models.latest_run(store(), tenant, model_id)
     return {
-        "lines": metrics.lines(store(), tenant, model_id, after, min(max(limit, 1), 5000)),
+        "lines": metrics.lines(store(), tenant, model_id, after, limit),
         "status": run.status.value,
         "progress": run.progress,
         "epochs_done": run.epochs_done,
@@ -146,7 +151,9 @@ def logs(
 
 
 @router.post("/models/{model_id}/stop")
-async def stop(model_id: int, wait: bool = True, c: Caller = Depends(caller)) -> responses.Model:
+async def stop(
+    model_id: ObjectId, wait: bool = True, c: Caller = Depends(caller)
+) -> responses.Model:
     """Ask the run to checkpoint and end; with wait, answer once it has ended."""
     tenant = c.require_tenant()
     model = await run_in_threadpool(models.get, store(), tenant, model_id)
@@ -160,7 +167,7 @@ async def stop(model_id: int, wait: bool = True, c: Caller = Depends(caller)) ->
 
 
 @router.post("/models/{model_id}/resume", status_code=201)
-def resume(model_id: int, body: ResumeIn, c: Caller = Depends(caller)) -> responses.Model:
+def resume(model_id: ObjectId, body: ResumeIn, c: Caller = Depends(caller)) -> responses.Model:
     tenant = c.require_tenant()
     run = training.resume(store(), tenant, model_id, body.epochs, body.checkpoint)
     control().call("wake")
@@ -168,22 +175,22 @@ def resume(model_id: int, body: ResumeIn, c: Caller = Depends(caller)) -> respon
 
 
 @router.delete("/models/{model_id}")
-def remove(model_id: int, c: Caller = Depends(caller)) -> responses.Removed:
+def remove(model_id: ObjectId, c: Caller = Depends(caller)) -> responses.Removed:
     tenant = c.require_tenant()
     removed = removal.remove(store(), tenant, model_id)
     return {"id": removed.id, "name": removed.name, "removed": True}
 
 
 @router.get("/models/{model_id}/results")
-def results(model_id: int, c: Caller = Depends(caller)) -> dict[str, int]:
+def results(model_id: ObjectId, c: Caller = Depends(caller)) -> dict[str, int]:
     """Every file of the model's results: model.pt, meta.json, checkpoints, metrics and log."""
     tenant = c.require_tenant()
     model = models.get(store(), tenant, model_id)
     return storage.list_files(model.url)
 
 
-@router.get("/models/{model_id}/results/{name:path}")
-def result_file(model_id: int, name: str, c: Caller = Depends(caller)) -> StreamingResponse:
+@router.get("/models/{model_id}/results/{name:path}", **file_answer())
+def result_file(model_id: ObjectId, name: str, c: Caller = Depends(caller)) -> StreamingResponse:
     tenant = c.require_tenant()
     model = models.get(store(), tenant, model_id)
     url = storage.safe_join(model.url, name, "result path")

@@ -13,6 +13,7 @@ from jobs.volumes import state as volumes
 from ncloud import responses
 from serve.auth import Caller
 from serve.deps import caller, store
+from serve.schemas import ObjectId, file_answer
 from serve.uploads import receive_file
 
 router = APIRouter()
@@ -46,7 +47,7 @@ def list_volumes(c: Caller = Depends(caller)) -> list[responses.Volume]:
 
 
 @router.get("/volumes/{volume_id}")
-def show_volume(volume_id: int, c: Caller = Depends(caller)) -> responses.VolumeDetail:
+def show_volume(volume_id: ObjectId, c: Caller = Depends(caller)) -> responses.VolumeDetail:
     tenant = c.require_tenant()
     found = volumes.get_volume(store(), tenant, volume_id)
     listing = volumes.list_volume_files(store(), tenant, volume_id)
@@ -57,7 +58,7 @@ def show_volume(volume_id: int, c: Caller = Depends(caller)) -> responses.Volume
 
 
 @router.delete("/volumes/{volume_id}")
-def delete_volume(volume_id: int, c: Caller = Depends(caller)) -> dict[str, Any]:
+def delete_volume(volume_id: ObjectId, c: Caller = Depends(caller)) -> dict[str, Any]:
     return {
         **_volume(volumes.delete_volume(store(), c.require_tenant(), volume_id)),
         "removed": True,
@@ -66,7 +67,7 @@ def delete_volume(volume_id: int, c: Caller = Depends(caller)) -> dict[str, Any]
 
 @router.put("/volumes/{volume_id}/files/{path:path}")
 async def put_file(
-    volume_id: int, path: str, request: Request, c: Caller = Depends(caller)
+    volume_id: ObjectId, path: str, request: Request, c: Caller = Depends(caller)
 ) -> dict[str, Any]:
     """Add or replace one file; the raw body (application/octet-stream) is its bytes."""
     tenant = c.require_tenant()
@@ -77,8 +78,8 @@ async def put_file(
     return {"path": name, "bytes": written, "volume": _volume(found)}
 
 
-@router.get("/volumes/{volume_id}/files/{path:path}")
-def get_file(volume_id: int, path: str, c: Caller = Depends(caller)) -> StreamingResponse:
+@router.get("/volumes/{volume_id}/files/{path:path}", **file_answer())
+def get_file(volume_id: ObjectId, path: str, c: Caller = Depends(caller)) -> StreamingResponse:
     size, chunks = volumes.open_file(store(), c.require_tenant(), volume_id, path)
     return StreamingResponse(
         chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)}
@@ -86,6 +87,6 @@ def get_file(volume_id: int, path: str, c: Caller = Depends(caller)) -> Streamin
 
 
 @router.delete("/volumes/{volume_id}/files/{path:path}")
-def delete_file(volume_id: int, path: str, c: Caller = Depends(caller)) -> dict[str, Any]:
+def delete_file(volume_id: ObjectId, path: str, c: Caller = Depends(caller)) -> dict[str, Any]:
     found = volumes.remove_file(store(), c.require_tenant(), volume_id, path)
     return {"path": volumes.file_name(path), "removed": True, "volume": _volume(found)}
