@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from cluster.control import lease, schema
+from cluster.control import lease, processes, schema, startup
 from cluster.control.attach import check_reachable, connect
 from cluster.core import accounts, storage
 from cluster.core.names import CONTROLLER, NAMESPACE, ON_HEAD, control_plane_env
@@ -35,7 +34,6 @@ from ncloud.protocol import API_PREFIX
 from ncloud.settings import settings
 
 START_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -58,23 +56,6 @@ def read_state() -> ServerState | None:
         return ServerState(**json.loads(_state_path().read_text()))
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
         return None
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); waitpid tells the difference for our own children.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
 
 
 def healthy(api_url: str, timeout_s: float = 2.0) -> bool:
@@ -103,6 +84,22 @@ def ray_auth_env() -> dict[str, str]:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
+def _write_state(
+    api_url: str, address: str, dashboard_port: int, pid: int | None, log_path: Path
+) -> ServerState:
+    state = ServerState(
+        api_url=api_url,
+        ray_address=address,
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}" if pid else "",
+        pid=pid,
+        started_at=time.time(),
+        home=str(settings().home),
+        log=str(log_path),
+    )
+    _state_path().write_text(json.dumps(asdict(state), indent=2))
+    return state
 
 
 def _start_head(
@@ -160,7 +157,7 @@ def _start_head(
         if "This command will now block" in log_path.read_text(errors="replace"):
             return proc.pid
         time.sleep(0.5)
-    _kill_group(proc.pid)
+    processes.kill_session(proc.pid)
     raise ServerError(f"the Ray head did not start within {START_TIMEOUT_S:g}s; see {log_path}")
 
 
@@ -230,13 +227,31 @@ def start(
     address: str | None = None,
     api_host: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """Start (or attach) and deploy; returns the state plus the first admin token, if new."""
+    """Start (or attach) and deploy; returns the state plus the first admin token, if new.
+    One start per NCLOUD_HOME at a time (cluster/control/startup.py)."""
+    with startup.start_lock(settings().home):
+        return _start(cpus, gpus, api_port, ray_port, dashboard_port, address, api_host)
+
+
+def _start(
+    cpus: int | None,
+    gpus: int | None,
+    api_port: int,
+    ray_port: int,
+    dashboard_port: int,
+    address: str | None,
+    api_host: str,
+) -> dict[str, Any]:
     state = read_state()
-    if state is not None and (_alive(state.pid) or state.pid is None) and healthy(state.api_url):
+    if (
+        state is not None
+        and (processes.alive(state.pid) or state.pid is None)
+        and healthy(state.api_url)
+    ):
         raise Conflict(f"ncloud is already running at {state.api_url} (ncloud server status)")
-    if state is not None and state.pid is not None and _alive(state.pid):
+    if state is not None and state.pid is not None and processes.alive(state.pid):
         # A head left without a control plane (say, after the API was killed): start clean.
-        _kill_group(state.pid)
+        processes.kill_session(state.pid)
     s = settings()
     if not s.single_tenant:  # fail closed: no sandbox, no tenant code
         from jobs.sandbox.launch import self_test
@@ -251,6 +266,9 @@ def start(
             ) from exc
     if address is not None:
         check_reachable(address)
+    else:
+        ports = {"--port": api_port, "--ray-port": ray_port, "--dashboard-port": dashboard_port}
+        startup.check_ports(ports, "127.0.0.1" if api_host in ("0.0.0.0", "::") else api_host)
     storage.check_writable(s.storage)  # a missing bucket says so now, not at the first upload
     owner = lease.owner_id(s.home)
     store = schema.open_store(s.db_url)  # created or upgraded before anything starts
@@ -270,6 +288,9 @@ def start(
             os.environ.update(ray_auth_env())
             pid = _start_head(cpus, gpus, ray_port, dashboard_port, log_path)
             address = f"127.0.0.1:{ray_port}"
+            # Said at once: a start killed from here on leaves a head that the next start
+            # finds (alive, not answering) and ends before it starts its own.
+            _write_state(api_url, address, dashboard_port, pid, log_path)
         deploy_control_plane(address, api_host, api_port)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not healthy(api_url):
@@ -278,20 +299,12 @@ def start(
             time.sleep(0.5)
     except BaseException:
         if pid is not None:
-            _kill_group(pid)
+            processes.kill_session(pid)
+            _state_path().unlink(missing_ok=True)
         with contextlib.suppress(NcloudError):  # the start's own error is the one to say
             _release_lease(owner)
         raise
-    state = ServerState(
-        api_url=api_url,
-        ray_address=address,
-        dashboard_url=f"http://127.0.0.1:{dashboard_port}" if pid else "",
-        pid=pid,
-        started_at=time.time(),
-        home=str(s.home),
-        log=str(log_path),
-    )
-    _state_path().write_text(json.dumps(asdict(state), indent=2))
+    state = _write_state(api_url, address, dashboard_port, pid, log_path)
     # Only now that the server answers: a start that fails leaves no admin whose one-time
     # token nobody saw (and `ncloud server admin-token --reset` mints another).
     store = schema.open_store(s.db_url)
@@ -313,42 +326,6 @@ def reset_admin_token() -> dict[str, Any]:
     return {"email": email, "admin_token": token}
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Every process in the session the head was started in: exactly what `start` started."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
-def _kill_group(pid: int) -> None:
-    """SIGTERM the head's whole session, then SIGKILL whatever is left after a short grace."""
-    for signum, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, STOP_TIMEOUT_S)):
-        for member in _session_pids(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(member, signum)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            _alive(pid)  # reaps the head if it is our child
-            if not [p for p in _session_pids(pid) if _running(p)]:
-                return
-            time.sleep(0.2)
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie waiting for its parent to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def stop() -> dict[str, Any]:
     state = read_state()
     if state is None:
@@ -359,7 +336,7 @@ def stop() -> dict[str, Any]:
         except (NcloudError, ConnectionError, RuntimeError) as exc:
             raise ServerError(f"could not reach the cluster at {state.ray_address}: {exc}") from exc
     else:
-        _kill_group(state.pid)
+        processes.kill_session(state.pid)
     _release_lease(lease.owner_id(settings().home))
     _state_path().unlink(missing_ok=True)
     return {"stopped": True, "api_url": state.api_url, "pid": state.pid}
@@ -378,7 +355,7 @@ def status() -> dict[str, Any]:
     if state is None:
         return {"running": False, "home": str(settings().home)}
     up = healthy(state.api_url)
-    head = state.pid is None or _alive(state.pid)
+    head = state.pid is None or processes.alive(state.pid)
     found = {
         **asdict(state),
         "running": up and head,
