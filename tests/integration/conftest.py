@@ -136,18 +136,24 @@ def upload_dataset(server: Server, manifest: Path, name: str, token: str, tenant
     return int(json.loads(out.stdout)["id"])
 
 
-def kill_controller(server: Server) -> None:
-    """SIGKILL the control plane's controller actor (Ray starts it again)."""
-    import signal
-
+def actor_pid(server: Server, class_name: str) -> int:
+    """The pid of the one live actor of `class_name` (Controller, ProxyActor, ...)."""
     from ray.util.state import list_actors
 
     alive = list_actors(
         address=server.dashboard_url,
-        filters=[("class_name", "=", "Controller"), ("state", "=", "ALIVE")],
+        filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
     )
-    assert len(alive) == 1 and alive[0].pid is not None, alive
-    os.kill(int(alive[0].pid), signal.SIGKILL)
+    if not alive or alive[0].pid is None:
+        raise AssertionError(f"no live {class_name} actor: {alive}")
+    return int(alive[0].pid)
+
+
+def kill_controller(server: Server) -> None:
+    """SIGKILL the control plane's controller actor (Ray starts it again)."""
+    import signal
+
+    os.kill(actor_pid(server, "Controller"), signal.SIGKILL)
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "condition") -> Any:

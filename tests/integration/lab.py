@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,23 @@ def submit(client: Client, lab: dict[str, Any], name: str, text: str, **options:
 def running_pid(client: Client, model_id: int) -> int:
     history = client.models.show(model_id)["runs"][-1]["history"]
     return int([h for h in history if h["status"] == "Running"][-1]["note"].split()[-1])
+
+
+def worker_actor_pid(server: Server, child: int) -> int:
+    """The pid of the pool worker actor that a training child runs under."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(
+        address=server.dashboard_url,
+        filters=[("class_name", "=", "TrainWorker"), ("state", "=", "ALIVE")],
+    )
+    workers = {int(a.pid) for a in alive if a.pid is not None}
+    pid = child
+    while pid > 1 and pid not in workers:
+        status = Path(f"/proc/{pid}/status").read_text()
+        pid = int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+    assert pid in workers, (child, workers)
+    return pid
 
 
 def upload_volume(server: Server, lab: dict[str, Any], folder: Path, name: str) -> int:

@@ -23,6 +23,7 @@ from tests.integration.lab import (
     slow_py,
     submit,
     until,
+    worker_actor_pid,
 )
 
 
@@ -223,23 +224,6 @@ def test_sigkill_of_a_worker_resumes_from_the_last_checkpoint(
     assert len(resumed) == 1 and before <= resumed[0] < 5, log[-2000:]
 
 
-def _worker_actor_pid(server: Server, child: int) -> int:
-    """The pid of the pool worker actor that a training child runs under."""
-    from ray.util.state import list_actors
-
-    alive = list_actors(
-        address=server.dashboard_url,
-        filters=[("class_name", "=", "TrainWorker"), ("state", "=", "ALIVE")],
-    )
-    workers = {int(a.pid) for a in alive if a.pid is not None}
-    pid = child
-    while pid > 1 and pid not in workers:
-        status = Path(f"/proc/{pid}/status").read_text()
-        pid = int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
-    assert pid in workers, (child, workers)
-    return pid
-
-
 def test_a_dead_worker_actor_is_replaced_and_its_run_resumes(
     server: Server, lab: dict[str, Any]
 ) -> None:
@@ -249,7 +233,7 @@ def test_a_dead_worker_actor_is_replaced_and_its_run_resumes(
     client = as_user(server, lab)
     model = submit(client, lab, "actor-killed", slow_py(sleep=0.03), epochs=5)
     wait_for(lambda: client.models.show(model["id"])["epochs_done"] >= 2, 240, "two epochs")
-    actor = _worker_actor_pid(server, running_pid(client, model["id"]))
+    actor = worker_actor_pid(server, running_pid(client, model["id"]))
     os.kill(actor, signal.SIGKILL)
     found = until(client, model["id"], TERMINAL)
     assert found["status"] == "Completed" and found["restarts"] == 1, found.get("error")

@@ -12,26 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Server, wait_for
+from tests.integration.conftest import Server, actor_pid, wait_for
 from tests.s3 import free_port
 
 
-def _actor_pid(server: Server, class_name: str) -> int:
-    from ray.util.state import list_actors
-
-    alive = list_actors(
-        address=server.dashboard_url,
-        filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
-    )
-    if not alive:
-        raise AssertionError(f"no live {class_name} actor")
-    pid = alive[0].pid
-    assert pid is not None, alive
-    return int(pid)
-
-
 def _restarted(server: Server, class_name: str, pid: int) -> Callable[[], bool]:
-    return lambda: _actor_pid(server, class_name) != pid
+    return lambda: actor_pid(server, class_name) != pid
 
 
 def _snapshot(server: Server) -> tuple[list[str], list[str]]:
@@ -67,7 +53,7 @@ def test_sigkill_of_the_control_plane_loses_nothing(server: Server) -> None:
     try:
         before = _snapshot(server)
         for actor in ("Controller", "ServeReplica:ncloud-api:api"):
-            pid = _actor_pid(server, actor)
+            pid = actor_pid(server, actor)
             os.kill(pid, signal.SIGKILL)
             wait_for(_restarted(server, actor, pid), 120, f"{actor} restart")
         wait_for(lambda: server.client().info(), 120, "the API to answer again")
