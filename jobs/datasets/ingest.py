@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from cluster.core import storage
 from jobs.datasets import elements, shards
 from jobs.datasets.elements import ElementKind, Layout
-from ncloud.errors import InvalidInput, NcloudError
+from ncloud.errors import InvalidInput, NcloudError, StorageFull
 from ncloud.manifest import Manifest, ManifestRow
 
 ROWS_PER_PART = 2000
@@ -104,10 +104,10 @@ def ingest_local(manifest: Manifest, ds_url: str, max_file_bytes: int) -> shards
 
 def describe_failure(exc: BaseException) -> str:
     """One line for a dataset's Error status."""
-    if isinstance(exc, NcloudError):
+    if isinstance(exc, NcloudError) and not isinstance(exc, StorageFull):
         return exc.message
-    told = storage.storage_error(exc)  # a full disk, S3 without credentials
-    if told is not None:
+    told = exc if isinstance(exc, StorageFull) else storage.storage_error(exc)
+    if told is not None:  # a full disk, S3 without credentials or out of reach
         return f"{told.message}; then retry with `ncloud dataset ingest ID`"
     if isinstance(exc, OSError | TimeoutError | ConnectionError) or _is_connection_error(exc):
         return (

@@ -1,5 +1,6 @@
-"""A full disk: uploads, volume writes and checkpoints that hit ENOSPC are a clear 507
-storage_full, keep nothing half-written, and a run that lost a checkpoint resumes.
+"""A full disk: uploads, volume writes, ingests and checkpoints that hit ENOSPC are a clear
+507 storage_full (or an Error saying so), keep nothing half-written, and what failed can be
+retried: a run that lost a checkpoint resumes.
 
 The tenant's storage prefix is a small tmpfs mounted for this module (root only; skipped
 where mounting is not allowed), so only this tenant's disk is full.
@@ -17,7 +18,7 @@ import pytest
 
 from examples.digits import make_digits
 from ncloud.errors import StorageFull
-from tests.integration.conftest import Server, upload_dataset
+from tests.integration.conftest import Server, upload_dataset, wait_for
 from tests.integration.lab import TERMINAL, until
 
 TENANT = "diskfull"
@@ -100,6 +101,44 @@ def test_an_upload_or_volume_write_onto_a_full_disk_is_507_and_keeps_nothing(
     client.volumes.put_file(volume["id"], "small.txt", iter([b"fits"]), 4)  # space came back
     assert [f["path"] for f in client.volumes.show(volume["id"])["file_list"]] == ["small.txt"]
     client.volumes.remove(volume["id"])
+    client.datasets.remove(ds["id"])
+
+
+def test_an_ingest_onto_a_full_disk_is_an_error_saying_so_and_a_retry_succeeds(
+    server: Server, disk: dict[str, Any]
+) -> None:
+    client = server.client(token=disk["token"], tenant=TENANT)
+    manifest = disk["data"] / "valid.tsv"
+    ds = client.datasets.create("valid", manifest.read_bytes(), "valid.tsv")
+    for name in ds["needed"]:
+        data = (disk["data"] / name).read_bytes()
+        client.datasets.put_file(ds["id"], name, iter([data]), len(data))
+    ballast = disk["where"] / "ballast.bin"  # the disk fills up from elsewhere
+    with open(ballast, "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * (64 << 10))
+                out.flush()
+        except OSError:
+            pass
+    try:
+        client.datasets.ingest(ds["id"])
+        failed = wait_for(
+            lambda: (d := client.datasets.show(ds["id"]))["status"] in ("Error", "Ready") and d,
+            120,
+            "the ingest to end",
+        )
+        assert failed["status"] == "Error" and "storage is full" in str(failed["error"]), failed
+        assert "ncloud dataset ingest" in str(failed["error"])
+    finally:
+        ballast.unlink()
+    client.datasets.ingest(ds["id"])
+    ready = wait_for(
+        lambda: (d := client.datasets.show(ds["id"]))["status"] in ("Error", "Ready") and d,
+        120,
+        "the retried ingest",
+    )
+    assert ready["status"] == "Ready", ready
     client.datasets.remove(ds["id"])
 
 
