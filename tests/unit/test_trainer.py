@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -181,6 +182,10 @@ def _rank(rank: int, fields: dict[str, Any], out: str) -> None:
     digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in (model or {}).values()))
     report = {"result": result, "epochs": len(rec.epochs), "model": digest.hexdigest()}
     Path(out, f"{rank}.json").write_text(json.dumps(report))
+    # The work is done and written. About 1 exit in 10 after a gloo run aborts in native
+    # teardown ("terminate called without an active exception", no Python frame), which
+    # mp.spawn reports as a failed rank: leave without that teardown.
+    os._exit(0)
 
 
 def test_two_ranks_with_gloo_agree(digits: dict[str, Any], tmp_path: Path) -> None:
