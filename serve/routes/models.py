@@ -18,7 +18,7 @@ from jobs.models.state import RunStatus
 from jobs.training import submit as training
 from ncloud import responses
 from ncloud.bodies import MAX_INT, Count, TrainRequest
-from ncloud.errors import InvalidInput, NotFound
+from ncloud.errors import InvalidInput
 from serve.auth import Caller
 from serve.deps import caller, control, store
 from serve.schemas import ObjectId, file_answer
@@ -193,12 +193,10 @@ def results(model_id: ObjectId, c: Caller = Depends(caller)) -> dict[str, int]:
 def result_file(model_id: ObjectId, name: str, c: Caller = Depends(caller)) -> StreamingResponse:
     tenant = c.require_tenant()
     model = models.get(store(), tenant, model_id)
-    url = storage.safe_join(model.url, name, "result path")
-    fs, path = storage.filesystem(url)
-    if not fs.isfile(path):
-        raise NotFound(f"model {model_id} has no result file {name!r}")
+    size, chunks = storage.open_file(
+        storage.safe_join(model.url, name, "result path"),
+        f"model {model_id} has no result file {name!r}",
+    )
     return StreamingResponse(
-        storage.read_chunks(url),
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(storage.size_of(url))},
+        chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)}
     )
