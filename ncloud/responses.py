@@ -62,9 +62,25 @@ class Token(TypedDict):
     revoked: bool
 
 
+class AuditEntry(TypedDict):
+    """One state-changing call: who, when, what, on which object, and how it ended."""
+
+    id: int
+    at: str
+    user: str
+    tenant: str | None
+    action: str  # "POST /models/{model_id}/stop"
+    object: str | None  # "model_id=3"
+    status: int
+    outcome: str  # "ok" or the error's code
+    address: str | None
+    detail: str | None  # the error's message
+
+
 class NewToken(TypedDict):
     id: str
     name: str
+    user: str  # whose token it is
     token: str  # shown once
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 from ncloud.errors import InvalidInput
@@ -40,6 +41,19 @@ def check_email(value: str) -> str:
     if not isinstance(value, str) or _EMAIL.fullmatch(value) is None:
         raise InvalidInput(f"user {value!r} is invalid: an email address like ada@example.com")
     return value.lower()
+
+
+def parse_since(value: str) -> dt.datetime:
+    """An ISO date or date-time (2026-12-01, 2026-12-01T08:00), as naive UTC."""
+    try:
+        found = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(
+            f"since must be an ISO date or time like 2026-12-01 or 2026-12-01T08:00, not {value!r}"
+        ) from None
+    if found.tzinfo is not None:
+        found = found.astimezone(dt.UTC).replace(tzinfo=None)
+    return found
 
 
 def parse_size(value: str | int) -> int:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Query
 
 import ncloud
-from cluster.core import accounts, tokens
+from cluster.core import accounts, audit, tokens
 from ncloud import responses
 from ncloud.errors import InvalidInput, NotFound
 from ncloud.settings import settings
-from ncloud.validation import check_name, parse_size
+from ncloud.validation import check_name, parse_since, parse_size
+from serve.audit import AuditLog
 from serve.auth import Caller
-from serve.deps import caller, control, store
+from serve.deps import caller, control, store, write_audit
 from serve.errors import ERROR_RESPONSES, install_error_handlers
 from serve.limits import BodySizeLimit
 from serve.routes import batches as batch_api
@@ -157,8 +158,13 @@ def delete_user(email: str, c: Caller = Depends(caller)) -> responses.User:
 
 @router.post("/tokens", status_code=201)
 def create_token(body: TokenIn, c: Caller = Depends(caller)) -> responses.NewToken:
-    token = tokens.create_token(store(), c.user, body.name)
-    return {"id": token.split("_")[1], "name": body.name, "token": token}
+    """A new token for yourself or, as an admin, for any user; its secret is shown once."""
+    owner = c.user
+    if body.user is not None and body.user.lower() != c.user.email:
+        c.require_admin()
+        owner = accounts.get_user(store(), body.user)
+    token = tokens.create_token(store(), owner, body.name)
+    return {"id": token.split("_")[1], "name": body.name, "user": owner.email, "token": token}
 
 
 @router.get("/tokens")
@@ -179,6 +185,39 @@ def list_tokens(c: Caller = Depends(caller)) -> list[responses.Token]:
 def revoke_token(token_id: str, c: Caller = Depends(caller)) -> dict[str, Any]:
     tokens.revoke_token(store(), c.user, token_id)
     return {"id": token_id, "revoked": True}
+
+
+# -- the audit log (admin) -----------------------------------------------------------------
+
+
+@router.get("/audit")
+def audit_log(
+    user: str | None = None,
+    tenant: str | None = None,
+    since: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=audit.MAX_LIST)] = 1000,
+    c: Caller = Depends(caller),
+) -> list[responses.AuditEntry]:
+    """Admins: the newest state-changing calls (oldest first), by user, tenant and time."""
+    c.require_admin()
+    found = audit.entries(
+        store(), user, parse_since(since) if since is not None else None, tenant, limit
+    )
+    return [
+        {
+            "id": e.id,
+            "at": e.at.isoformat(),
+            "user": e.user,
+            "tenant": e.tenant,
+            "action": e.action,
+            "object": e.object,
+            "status": e.status,
+            "outcome": e.outcome,
+            "address": e.address,
+            "detail": e.detail,
+        }
+        for e in found
+    ]
 
 
 # -- the tenant's resources ----------------------------------------------------------------
@@ -211,4 +250,5 @@ def create_app() -> FastAPI:
         max_text=manifest_limit(),
         max_file=s.max_file_bytes,
     )
+    app.add_middleware(AuditLog, write=write_audit)  # outermost: sees every answer
     return app

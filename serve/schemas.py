@@ -53,3 +53,4 @@ class UserPatch(_Body):
 
 class TokenIn(_Body):
     name: str = "cli"
+    user: str | None = None  # admin only: a token for another user (who lost theirs)

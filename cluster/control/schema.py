@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Table
 
 from cluster.control import lease, migrations  # noqa: F401  (lease: its table is in metadata)
-from cluster.core import accounts
+from cluster.core import accounts, audit  # noqa: F401  (audit: its table is in metadata)
 from cluster.core.store import Store, metadata
 from jobs.batches.state import batch_predictions
 from jobs.datasets.state import datasets

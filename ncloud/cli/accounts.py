@@ -134,3 +134,23 @@ def user_rm(email: str, yes: YesOpt = False, output: OutputOpt = Output.table) -
     """Remove a user and revoke all their tokens."""
     confirm(f"Remove user {email!r} and revoke their tokens?", yes)
     render(common.client().users.remove(email), USER_COLUMNS, output)
+
+
+audit_app = typer.Typer(help="Admin: the audit log of state-changing calls.", no_args_is_help=True)
+AUDIT_COLUMNS = ["id", "at", "user", "tenant", "action", "object", "status", "outcome"]
+
+
+@audit_app.command("ls")
+def audit_ls(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's.")] = None,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="Only calls in this tenant.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="From this ISO date or time (UTC).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many, newest.")] = 1000,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Who created, changed or deleted what, and how it ended (admins only)."""
+    render(common.client().audit.list(user, tenant, since, limit), AUDIT_COLUMNS, output)

@@ -26,6 +26,7 @@ app = typer.Typer(
 app.add_typer(server.app, name="server")
 app.add_typer(accounts.tenant_app, name="tenant")
 app.add_typer(accounts.user_app, name="user")
+app.add_typer(accounts.audit_app, name="audit")
 app.add_typer(tokens.token_app, name="token")
 app.add_typer(tokens.resource_app, name="resource")
 app.add_typer(datasets.app, name="dataset")

@@ -18,14 +18,20 @@ resource_app = typer.Typer(help="Your tenant's reserved resources.", no_args_is_
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option("--name", "-n", help="A label for the token.")] = "cli",
+    user: Annotated[
+        str | None,
+        typer.Option("--user", "-u", help="Admin: a token for this user (who lost theirs)."),
+    ] = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Create a token; it is shown once."""
-    created = common.client().tokens.create(name)
+    created = common.client().tokens.create(name, user)
     if output == Output.json:
         render(created, None, output)
         return
-    message(f"[bold]token {created['id']} ({created['name']}), shown once:[/bold]")
+    message(
+        f"[bold]token {created['id']} ({created['name']}) of {created['user']}, shown once:[/bold]"
+    )
     typer.echo(created["token"])
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import httpx
 
-from ncloud.client.accounts import ResourcesAPI, Tenants, Tokens, Users
+from ncloud.client.accounts import Audit, ResourcesAPI, Tenants, Tokens, Users
 from ncloud.client.batches import Batches
 from ncloud.client.datasets import Datasets
 from ncloud.client.models import Models
@@ -37,6 +37,7 @@ class Client(Transport):
         self.users = Users(self)
         self.tokens = Tokens(self)
         self.resources = ResourcesAPI(self)
+        self.audit = Audit(self)
         self.datasets = Datasets(self)
         self.volumes = Volumes(self)
         self.models = Models(self)

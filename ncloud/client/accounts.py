@@ -85,14 +85,37 @@ class Tokens:
     def __init__(self, client: Transport) -> None:
         self._c = client
 
-    def create(self, name: str = "cli") -> responses.NewToken:
-        return self._c.call(responses.NewToken, "POST", "/tokens", json={"name": name})
+    def create(self, name: str = "cli", user: str | None = None) -> responses.NewToken:
+        """A token for yourself, or (admins) for `user`."""
+        body: JSON = {"name": name} if user is None else {"name": name, "user": user}
+        return self._c.call(responses.NewToken, "POST", "/tokens", json=body)
 
     def list(self) -> list[responses.Token]:
         return self._c.call(list[responses.Token], "GET", "/tokens")
 
     def revoke(self, token_id: str) -> JSON:
         return self._c.request("DELETE", f"/tokens/{token_id}")
+
+
+class Audit:
+    def __init__(self, client: Transport) -> None:
+        self._c = client
+
+    def list(
+        self,
+        user: str | None = None,
+        tenant: str | None = None,
+        since: str | None = None,
+        limit: int = 1000,
+    ) -> list[responses.AuditEntry]:
+        """Admins: state-changing calls, oldest first; since: an ISO date or time."""
+        params = {"user": user, "tenant": tenant, "since": since, "limit": limit}
+        return self._c.call(
+            list[responses.AuditEntry],
+            "GET",
+            "/audit",
+            params={k: v for k, v in params.items() if v is not None},
+        )
 
 
 class ResourcesAPI:

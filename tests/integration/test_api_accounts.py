@@ -211,3 +211,62 @@ def test_what_the_fuzzer_found_is_a_clear_4xx(server: Server) -> None:
 def test_openapi_is_served(server: Server) -> None:
     spec = httpx.get(f"{server.api_url}/api/v1/openapi.json").json()
     assert "/tenants" in spec["paths"] or "/api/v1/tenants" in spec["paths"]
+
+
+def test_the_audit_log_says_who_changed_what_and_only_admins_read_it(
+    server: Server, tenant: Callable[..., Any]
+) -> None:
+    tenant("audited")
+    carol = server.client().users.add("carol@example.com", ["audited"])
+    admin = server.client()
+    try:
+        as_carol = server.client(token=carol["token"])
+        as_carol.tokens.create("laptop")
+        volume = as_carol.volumes.create("notes")
+        as_carol.volumes.remove(int(volume["id"]))
+        with pytest.raises(NotFound):
+            as_carol.volumes.remove(999_999)
+        with pytest.raises(Unauthenticated):  # not a row: the throttle counts these
+            server.client(token="nc_1_wrong").volumes.create("never")
+
+        # An admin makes a token for a user who lost theirs; it is carol's, shown once.
+        made = admin.tokens.create("recovered", user="Carol@example.com")
+        assert made["user"] == "carol@example.com"
+        assert server.client(token=made["token"]).info()["user"]["email"] == "carol@example.com"
+        with pytest.raises(NotFound, match=r"nobody@example\.com"):
+            admin.tokens.create("x", user="nobody@example.com")
+        with pytest.raises(Forbidden, match="admin"):
+            as_carol.tokens.create("theirs", user=server.client().info()["user"]["email"])
+
+        rows = admin.audit.list(user="carol@example.com")
+        seen = [(r["action"], r["object"], r["status"], r["outcome"]) for r in rows]
+        assert seen == [
+            ("POST /tokens", None, 201, "ok"),
+            ("POST /volumes", None, 201, "ok"),
+            ("DELETE /volumes/{volume_id}", f"volume_id={volume['id']}", 200, "ok"),
+            ("DELETE /volumes/{volume_id}", "volume_id=999999", 404, "not_found"),
+            ("POST /tokens", None, 403, "forbidden"),
+        ], seen
+        assert {r["tenant"] for r in rows} == {"audited"}
+        assert rows[3]["detail"] and "999999" in rows[3]["detail"]
+        assert all(r["address"] == "127.0.0.1" for r in rows)
+        mine = admin.audit.list(user=admin.info()["user"]["email"], since=rows[0]["at"])
+        assert ("POST /tokens", 201) in [(r["action"], r["status"]) for r in mine]
+        assert ("POST /tokens", 404) in [(r["action"], r["status"]) for r in mine]
+        assert admin.audit.list(user="carol@example.com", since="2999-01-01") == []
+        assert [r["action"] for r in admin.audit.list(tenant="audited", limit=1)] == [
+            "POST /tokens"
+        ]
+
+        # Bad input: a clear 4xx; a non-admin: 403, from the API and from the CLI.
+        with pytest.raises(InvalidInput, match="ISO date"):
+            admin.audit.list(since="last tuesday")
+        with pytest.raises(Forbidden, match="admin"):
+            as_carol.audit.list()
+        denied = server.cli("audit", "ls", token=carol["token"], check=False)
+        assert denied.returncode == 1 and "admin" in denied.stderr, denied.stderr
+        assert len(denied.stderr.strip().splitlines()) == 1, denied.stderr
+        shown = server.cli("audit", "ls", "--user", "carol@example.com", "-o", "json")
+        assert '"DELETE /volumes/{volume_id}"' in shown.stdout
+    finally:
+        admin.users.remove("carol@example.com")

@@ -92,6 +92,9 @@ def test_stop_and_start_bring_everything_back(server: Server) -> None:
         assert server.client(token=extra["token"]).info()["user"]["email"] == "lee@example.com"
         found = wait_for(lambda: as_lee.resources.list(), 60, "the reservation after SIGKILL")
         assert found["state"] == "CREATED"
+        # The audit log is kept across both: lee's token, made before the stop, is in it.
+        kept = server.client().audit.list(user="lee@example.com")
+        assert [(r["action"], r["status"]) for r in kept] == [("POST /tokens", 201)], kept
     finally:
         c = server.client()
         c.users.remove("lee@example.com")
