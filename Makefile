@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip on these machines warns about every local index it skips; keep real errors visible.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: install postgres demo test lint unit integration fuzz bench clean
+.PHONY: install postgres browser demo test lint unit integration fuzz bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,13 +37,22 @@ postgres: install
 	    apt-get install -y -q postgresql >/dev/null; } || \
 	  { echo "the tests need a PostgreSQL server: apt-get install postgresql"; exit 1; }
 
-test: install lint postgres
+# The dashboard's tests drive a real browser: Debian's Chromium and its driver (no browser
+# download at install time).
+browser:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    { apt-get install -y -q chromium chromium-driver >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }; } || \
+	  { echo "the tests need Chromium: apt-get install chromium chromium-driver"; exit 1; }
+
+test: install lint postgres browser
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 unit: install postgres
 	$(PY) -m pytest -q tests/unit
 
-integration: install
+integration: install browser
 	$(PY) -m pytest -q tests/integration
 
 # schemathesis against a live server, longer than the suite's run and with a new seed each time.

@@ -39,7 +39,15 @@ class Caller:
 
 def identify(request: Request, store: Store, guard: FailedAuth) -> Caller:
     """The caller of a request; 401 for a bad token, 429 after too many (serve.throttle)."""
+    address = request.client.host if request.client else None
     header = request.headers.get("authorization", "")
+    return identify_header(header, address, request.headers.get(TENANT_HEADER), store, guard)
+
+
+def identify_header(
+    header: str, address: str | None, tenant: str | None, store: Store, guard: FailedAuth
+) -> Caller:
+    """The caller behind an Authorization header's value (the dashboard's cookie makes one)."""
 
     def authenticate() -> accounts.User:
         scheme, _, token = header.partition(" ")
@@ -51,6 +59,5 @@ def identify(request: Request, store: Store, guard: FailedAuth) -> Caller:
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
         return tokens.authenticate(store, token.strip())
 
-    address = request.client.host if request.client else None
     user = guard.check(address, header, authenticate)
-    return Caller(user, request.headers.get(TENANT_HEADER) or None)
+    return Caller(user, tenant or None)

@@ -206,6 +206,11 @@ def deploy_control_plane(ray_address: str, api_host: str, api_port: int) -> None
         from serve.routes.deployments import fallback_application
 
         serve.run(fallback_application(env), name="ncloud-models", route_prefix="/models")
+        from serve.ui.app import APP_NAME as UI_NAME
+        from serve.ui.app import ROUTE_PREFIX as UI_PREFIX
+        from serve.ui.app import ui_application
+
+        serve.run(ui_application(env), name=UI_NAME, route_prefix=UI_PREFIX)
     finally:
         ray.shutdown()
 
@@ -215,12 +220,14 @@ def remove_control_plane(ray_address: str) -> None:
     from ray import serve
 
     from serve.app import APP_NAME
+    from serve.ui.app import APP_NAME as UI_NAME
 
     ray.init(
         address=ray_address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False
     )
     try:
         serve.delete(APP_NAME)
+        serve.delete(UI_NAME)
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(CONTROLLER, namespace=NAMESPACE), no_restart=True)
     finally:

@@ -1,0 +1,90 @@
+"""The dashboard as its own Ray Serve application (route prefix /ui) on zero reserved CPUs.
+
+Every asset is served from here (Plotly.js from the plotly package, our stylesheet and
+script from static/), so the pages work with no internet connection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cluster.core.names import ON_HEAD
+from ncloud.errors import NcloudError
+from serve.audit import AuditLog
+from serve.deps import write_audit
+from serve.limits import BodySizeLimit
+from serve.ui import charts, pages, session
+from serve.ui.session import BASE
+
+APP_NAME = "ncloud-ui"
+ROUTE_PREFIX = BASE
+MAX_FORM = 16 << 10
+
+
+def plotly_js() -> Path:
+    import plotly
+
+    return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    return pages.TEMPLATES.TemplateResponse(
+        request,
+        "error.html",
+        {"base": BASE, "me": None, "status": status, "message": message},
+        status_code=status,
+    )
+
+
+def create_ui_app() -> FastAPI:
+    app = FastAPI(title="ncloud dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=str(charts.HERE / "static")), name="static")
+
+    @app.get("/vendor/plotly.min.js")
+    def plotly_asset() -> FileResponse:
+        return FileResponse(plotly_js(), media_type="text/javascript")
+
+    @app.exception_handler(session.SignedOut)
+    async def on_signed_out(_: Request, exc: session.SignedOut) -> Response:
+        return session.sign_in_page(exc.message)
+
+    @app.exception_handler(NcloudError)
+    async def on_refused(request: Request, exc: NcloudError) -> Response:
+        return _error(request, exc.http_status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_bad_request(request: Request, exc: RequestValidationError) -> Response:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error(request, 422, f"bad request: {where}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(request, exc.status_code, str(exc.detail))
+
+    app.add_middleware(BodySizeLimit, max_body=MAX_FORM, max_text=MAX_FORM, max_file=MAX_FORM)
+    app.add_middleware(AuditLog, write=write_audit)
+    return app
+
+
+def ui_application(env: dict[str, str]) -> Any:
+    app = create_ui_app()
+
+    @serve.deployment(
+        name="ui",
+        ray_actor_options={"num_cpus": 0, "resources": ON_HEAD, "runtime_env": {"env_vars": env}},
+        max_ongoing_requests=64,
+    )
+    @serve.ingress(app)
+    class Dashboard:
+        pass
+
+    return Dashboard.bind()  # type: ignore[attr-defined]

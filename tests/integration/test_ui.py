@@ -1,0 +1,201 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by Selenium, against
+the session's server. Screenshots go to NCLOUD_UI_SHOTS (default: the test's tmp folder)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.integration.conftest import Server
+from tests.integration.lab import ROOT, as_user, submit, until
+
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "the dashboard's tests need Chromium: make browser"
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1100"):
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium')}")
+    found = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    found.set_page_load_timeout(WAIT_S)
+    try:
+        yield found
+    finally:
+        found.quit()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = os.environ.get("NCLOUD_UI_SHOTS")
+    path = Path(folder) if folder else tmp_path_factory.mktemp("ui-shots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _wait(b: webdriver.Chrome, what: str, condition: Any) -> Any:
+    return WebDriverWait(b, WAIT_S).until(condition, f"waited {WAIT_S}s for {what}")
+
+
+def _sign_in(b: webdriver.Chrome, base: str, token: str) -> None:
+    b.get(f"{base}/ui/login")
+    b.find_element(By.ID, "token").send_keys(token)
+    b.find_element(By.ID, "sign-in").click()
+
+
+def _points(b: webdriver.Chrome, chart: str) -> list[int]:
+    """How many points each trace of a drawn Plotly chart has (what the browser holds)."""
+    script = (
+        "const el = document.getElementById(arguments[0]);"
+        "return el && el.data ? el.data.map(t => t.x.length) : null;"
+    )
+    return _wait(b, f"chart {chart}", lambda d: d.execute_script(script, chart))  # type: ignore[no-any-return]
+
+
+def test_the_dashboard_in_a_browser(
+    server: Server,
+    lab: dict[str, Any],
+    tenant: Any,
+    browser: webdriver.Chrome,
+    shots: Path,
+) -> None:
+    b, base = browser, server.api_url
+    client = as_user(server, lab)
+    spec = (ROOT / "examples" / "mlp.yaml").read_text()
+    first = submit(
+        client, lab, "ui-first", spec, spec_name="mlp.yaml", epochs=3, valid_dataset=lab["valid"]
+    )
+    second = submit(
+        client,
+        lab,
+        "ui-second",
+        spec,
+        spec_name="mlp.yaml",
+        epochs=2,
+        seed=7,
+        valid_dataset=lab["valid"],
+    )
+    for m in (first, second):
+        until(client, int(m["id"]), {"Completed"})
+
+    # Another tenant's model: neither listed nor reachable by URL.
+    tenant("ui-other", cpus=1)
+    other = server.client().users.add("otto@example.com", ["ui-other"])
+    try:
+        # Bad input first: a wrong token at sign-in is a clear message, no session.
+        _sign_in(b, base, "nc_1_not-a-real-token")
+        message = _wait(b, "the refusal", lambda d: d.find_element(By.ID, "message")).text
+        assert "that token was refused" in message, message
+        assert b.get_cookie("ncloud_session") is None
+
+        _sign_in(b, base, lab["token"])
+        _wait(b, "the models page", lambda d: d.find_elements(By.ID, f"model-{first['id']}"))
+        assert "tess@example.com" in b.find_element(By.ID, "me").text
+        cookie = b.get_cookie("ncloud_session")
+        assert cookie and cookie["httpOnly"] and cookie.get("sameSite") == "Strict"
+        assert lab["token"] not in b.current_url
+        row = b.find_element(By.ID, f"model-{first['id']}").text
+        assert "ui-first" in row and "Completed" in row and "3/3" in row, row
+        b.save_screenshot(str(shots / "models.png"))
+
+        # A run's page: a chart with one point per epoch, the log, the history, buttons.
+        b.find_element(By.LINK_TEXT, "ui-first").click()
+        assert _points(b, "chart-accuracy") == [3]
+        assert _points(b, "chart-loss") == [3, 3]
+        assert b.find_element(By.ID, "status").text == "Completed"
+        assert b.find_element(By.ID, "deploy").is_displayed()
+        assert b.find_element(By.ID, "resume").is_displayed()
+        assert "epoch 3" in b.find_element(By.ID, "checkpoints").text
+        b.save_screenshot(str(shots / "run.png"))
+
+        # Compare the two: overlaid curves, a line per run with its own epochs.
+        b.get(f"{base}/ui/models")
+        for m in (first, second):
+            _wait(b, "the table", lambda d, m=m: d.find_elements(By.ID, f"model-{m['id']}"))
+            b.find_element(By.CSS_SELECTOR, f"#model-{m['id']} input.pick").click()
+        b.find_element(By.ID, "compare").click()
+        assert sorted(_points(b, "chart-valid_accuracy")) == [2, 3]  # newest first
+        assert "ui-second" in b.find_element(By.TAG_NAME, "h1").text
+        b.save_screenshot(str(shots / "compare.png"))
+
+        # The tenant's other objects.
+        b.get(f"{base}/ui/datasets")
+        row = b.find_element(By.ID, f"dataset-{lab['train']}").text
+        assert "train" in row and "Ready" in row, row
+        b.get(f"{base}/ui/volumes")
+        assert b.find_element(By.TAG_NAME, "h1").text == "Volumes"
+        b.get(f"{base}/ui/deployments")
+        assert "Nothing deployed" in b.find_element(By.TAG_NAME, "table").text
+        b.get(f"{base}/ui/resources")
+        cpus = b.find_element(By.ID, "resource-cpus").text
+        assert cpus.split()[:2] == ["cpus", "2"], cpus
+
+        b.get(f"{base}/ui/admin")  # a tenant's user is no admin
+        assert "403" in b.find_element(By.TAG_NAME, "h1").text
+
+        # A tampered cookie signs the browser out.
+        b.add_cookie({**cookie, "value": cookie["value"][:-3] + "xyz"})
+        b.get(f"{base}/ui/models")
+        assert b.current_url.startswith(f"{base}/ui/login")
+        assert "signed out" in b.find_element(By.ID, "message").text
+
+        # Another tenant's user: the lab's models are neither listed nor reachable (404).
+        _sign_in(b, base, other["token"])
+        _wait(b, "otto's models page", lambda d: d.find_elements(By.ID, "sign-out"))
+        assert "ui-other" in b.find_element(By.ID, "tenant").text
+        assert not b.find_elements(By.ID, f"model-{first['id']}")
+        b.get(f"{base}/ui/models/{first['id']}")
+        assert "404" in b.find_element(By.TAG_NAME, "h1").text
+        assert f"no model {first['id']}" in b.find_element(By.ID, "message").text.lower()
+        b.get(f"{base}/ui/compare?ids={first['id']}")
+        assert "404" in b.find_element(By.TAG_NAME, "h1").text
+
+        # Sign out: the session is gone, pages ask for a sign-in.
+        b.get(f"{base}/ui/models")
+        _wait(b, "the models page", lambda d: d.find_elements(By.ID, "sign-out"))
+        b.find_element(By.ID, "sign-out").click()
+        _wait(b, "the sign-in page", lambda d: d.find_elements(By.ID, "token"))
+        assert b.get_cookie("ncloud_session") is None
+        b.get(f"{base}/ui/models/{first['id']}")
+        assert b.current_url.startswith(f"{base}/ui/login")
+    finally:
+        server.client().users.remove("otto@example.com")
+
+
+def test_the_dashboard_refuses_without_a_session_and_from_another_site(server: Server) -> None:
+    base = f"{server.api_url}/ui"
+    with httpx.Client(timeout=30, follow_redirects=False) as http:
+        page = http.get(f"{base}/models")
+        assert page.status_code == 303 and page.headers["location"] == "/ui/login"
+        assert http.get(f"{base}/vendor/plotly.min.js").status_code == 200  # served by ncloud
+        bad = http.post(f"{base}/login", data={"token": "nope"})
+        assert bad.status_code == 401 and "that token was refused" in bad.text
+        signed = http.post(f"{base}/login", data={"token": server.admin_token})
+        assert signed.status_code == 303 and "ncloud_session" in signed.headers["set-cookie"]
+        assert server.admin_token not in signed.headers["location"]
+        admin = http.get(f"{base}/models")  # the client keeps the cookie; an admin in no
+        assert admin.headers.get("location") == "/ui/admin"  # tenant picks one there
+        assert "Audit log" in http.get(f"{base}/admin").text
+        forged = http.post(f"{base}/logout", headers={"Origin": "http://evil.example"})
+        assert forged.status_code == 403 and "another site" in forged.text
+        assert http.get(f"{base}/admin").status_code == 200  # still signed in
+        bad_ids = http.get(f"{base}/compare?ids=x")
+        assert bad_ids.status_code == 422 and "model ids" in bad_ids.text
+        too_many = http.get(f"{base}/compare?ids=" + ",".join(str(i) for i in range(1, 10)))
+        assert too_many.status_code == 422 and "1 to 8" in too_many.text
+        assert http.get(f"{base}/models/0").status_code == 422
