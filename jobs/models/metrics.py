@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from sqlalchemy import (
@@ -23,8 +25,10 @@ from cluster.core import accounts
 from cluster.core.store import Store, metadata, utcnow
 from jobs.models import state as models
 from ncloud import responses
+from ncloud.training import valid_name
 
 METRIC_KEYS = ("train_loss", "valid_loss", "valid_accuracy", "samples_per_s", "epoch_s")
+MAX_CUSTOM = 16  # names a run may report (ncloud.training.MAX_METRICS)
 
 epoch_metrics = Table(
     "epoch_metrics",
@@ -35,6 +39,7 @@ epoch_metrics = Table(
     Column("attempt", Integer, nullable=False),
     Column("epoch", Integer, nullable=False),
     *[Column(key, Float) for key in METRIC_KEYS],
+    Column("custom", Text),  # JSON {name: number}: what the spec reported (ncloud.training)
     Column("created_at", DateTime, nullable=False),
     UniqueConstraint("model_id", "epoch"),
 )
@@ -54,7 +59,14 @@ log_lines = Table(
 def record_epoch(store: Store, run: models.Run, tenant_id: int, values: dict[str, Any]) -> None:
     """Store one epoch's metrics; an epoch redone after a restart replaces the earlier row."""
     epoch = int(values["epoch"])
-    row = {key: _number(values.get(key)) for key in METRIC_KEYS}
+    row: dict[str, float | str | None] = {key: _number(values.get(key)) for key in METRIC_KEYS}
+    # Checked again here: the sandbox that sent them is the tenant's, report() or not.
+    custom = {
+        k: float(v)
+        for k, v in values.items()
+        if k not in METRIC_KEYS and valid_name(k) and v is not None and math.isfinite(v)
+    }
+    row["custom"] = json.dumps(dict(list(custom.items())[:MAX_CUSTOM])) if custom else None
     with store.write() as conn:
         conn.execute(
             delete(epoch_metrics).where(
@@ -94,7 +106,12 @@ def epochs(store: Store, tenant: str, model_id: int) -> list[dict[str, Any]]:
             .order_by(epoch_metrics.c.epoch)
         ).all()
     return [
-        {"epoch": r.epoch, "attempt": r.attempt, **{k: getattr(r, k) for k in METRIC_KEYS}}
+        {
+            "epoch": r.epoch,
+            "attempt": r.attempt,
+            **{k: getattr(r, k) for k in METRIC_KEYS},
+            **(json.loads(r.custom) if r.custom else {}),
+        }
         for r in rows
     ]
 

@@ -26,6 +26,7 @@ from jobs.sandbox.collective import (
 )
 from jobs.training.config import Reporter, TrainConfig, check
 from jobs.training.data import Batch, StartedPass, input_shape, label_map, num_classes, on_device
+from ncloud import training as custom_metrics
 from ncloud.errors import InvalidInput
 
 PROGRESS_EVERY_S = 0.5
@@ -236,6 +237,7 @@ class _Run:
                 "valid_accuracy": correct / valid_n if valid_n else None,
                 "samples_per_s": seen / max(train_s, 1e-9),
                 "epoch_s": time.perf_counter() - started,
+                **custom_metrics.take(),  # what the spec reported this epoch (ncloud.training)
             }
             self._step_schedule()
             self.epochs_done = epoch

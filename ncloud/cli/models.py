@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ncloud import responses
+from ncloud import plots, responses
 from ncloud.bodies import default, describe
 from ncloud.cli import common
 from ncloud.cli.common import OutputOpt, YesOpt, confirm
@@ -62,6 +62,8 @@ SHOW = [
 METRICS = ["epoch", "train_loss", "valid_loss", "valid_accuracy", "samples_per_s", "epoch_s"]
 TERMINAL = ("Completed", "Failed", "Stopped")
 FOLLOW_TIMEOUT_S = 24 * 3600.0
+MAX_COMPARE = 16
+SPEED = ("samples_per_s", "epoch_s")  # in `model show`, not in compare's one row per run
 
 
 def parse_datasets(value: str) -> dict[str, int]:
@@ -198,9 +200,15 @@ def show(
         return
     render(found, SHOW, output)
     if found["metrics"]:
-        render([_rounded(m) for m in found["metrics"]], METRICS, output)
+        render([_rounded(m) for m in found["metrics"]], metric_columns(found["metrics"]), output)
     if found["error"]:
         err.print(found["error"], highlight=False, markup=False)
+
+
+def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The built-in metrics, then each custom one a run reported, in the order first seen."""
+    custom = dict.fromkeys(k for row in rows for k in row if k not in METRICS and k != "attempt")
+    return [*METRICS, *custom]
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
@@ -296,11 +304,49 @@ def results(
     found = models.show(model_id)
     (staging / "metrics.json").write_text(json.dumps(found["metrics"], indent=2))
     (staging / "train.log").write_text("\n".join(e["line"] for e in _all_lines(model_id)) + "\n")
+    plots.curves(found["name"], found["metrics"], staging / "curves.png")
     where = target
     if as_zip:
         where = Path(shutil.make_archive(str(target), "zip", staging))
         shutil.rmtree(staging.parent, ignore_errors=True)
-    render({"model": model_id, "files": len(files) + 2, "path": str(where)}, None, output)
+    render({"model": model_id, "files": len(files) + 3, "path": str(where)}, None, output)
+
+
+@app.command("compare")
+def compare(
+    model_ids: Annotated[list[int], typer.Argument(help="Two or more model ids.")],
+    plot: Annotated[bool, typer.Option("--plot", help="Also draw their curves to a PNG.")] = False,
+    plot_file: Annotated[Path, typer.Option("--plot-file", help="Where --plot writes.")] = Path(
+        "compare.png"
+    ),
+    output: OutputOpt = Output.table,
+) -> None:
+    """Runs' metrics side by side: the last epoch's of each, and (--plot) their curves."""
+    if len(model_ids) > MAX_COMPARE:
+        raise typer.BadParameter(f"compare at most {MAX_COMPARE} models")
+    models = common.client().models
+    found = [models.show(i) for i in dict.fromkeys(model_ids)]
+    if output == Output.json:
+        render(
+            [{k: m[k] for k in ("id", "name", "status", "metrics")} for m in found], None, output
+        )
+    else:
+        rows = [_compared(m) for m in found]
+        render(rows, list(dict.fromkeys(k for r in rows for k in r)), output)
+    if plot:
+        runs = [(f"{m['id']} {m['name']}", m["metrics"]) for m in found]
+        message(f"curves: {plots.compare(runs, plot_file)}")
+
+
+def _compared(m: responses.ModelDetail) -> dict[str, Any]:
+    """One model's row: its status and epochs, its last epoch's metrics, its best accuracy."""
+    last = m["metrics"][-1] if m["metrics"] else {}
+    accuracy = [r["valid_accuracy"] for r in m["metrics"] if r.get("valid_accuracy") is not None]
+    row = {"id": m["id"], "name": m["name"], "status": m["status"]}
+    row["epochs"] = f"{m['epochs_done']}/{m['epochs']}"
+    row["best_valid_accuracy"] = round(max(accuracy), 4) if accuracy else None
+    shown = [k for k in metric_columns(m["metrics"]) if k not in ("epoch", *SPEED)]
+    return {**row, **_rounded({k: last.get(k) for k in shown})}
 
 
 @app.command("rm")

@@ -332,3 +332,77 @@ def test_train_cli_usage_errors_exit_2(server: Server, lab: dict[str, Any]) -> N
         tenant="lab",
     )
     assert bad.returncode == 2 and "train:ID" in bad.stderr
+
+
+REPORTING_PY = """
+import torch
+from torch import nn
+from ncloud.training import report
+
+BAD = {bad!r}
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, input_shape):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+        self.calls = 0
+
+    def forward(self, x):
+        out = self.body(x)
+        if self.training:
+            self.calls += 1
+            report(forward_calls=self.calls, weight_norm=self.body[1].weight.norm())
+            if BAD:
+                report(**{{BAD: 1.0}})
+        return out
+
+
+def model(num_classes, input_shape):
+    return Net(num_classes, input_shape)
+"""
+
+
+def test_a_spec_reports_its_own_metrics_per_epoch(
+    server: Server, lab: dict[str, Any], tmp_path: Path
+) -> None:
+    client = as_user(server, lab)
+    model = submit(client, lab, "reports", REPORTING_PY.format(bad=""), epochs=3, batch_size=64)
+    found = until(client, model["id"], TERMINAL)
+    assert found["status"] == "Completed", found["error"]
+    rows = found["metrics"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    calls = [r["forward_calls"] for r in rows]  # the last value of each epoch, counted up
+    assert calls[0] > 0 and calls == [calls[0] * e for e in (1, 2, 3)], calls
+    assert all(r["weight_norm"] > 0 and r["train_loss"] > 0 for r in rows), rows
+    shown = server.cli("model", "show", str(model["id"]), token=lab["token"], tenant="lab")
+    assert "FORWARD" in shown.stdout and "WEIGHT" in shown.stdout, shown.stdout  # its columns
+
+    # The terminal user's pictures: curves.png in the results, compare side by side and drawn.
+    plain = submit(client, lab, "plain", REPORTING_PY.format(bad=""), epochs=2, seed=3)
+    until(client, plain["id"], {"Completed"})
+    as_lab = {"token": lab["token"], "tenant": "lab"}
+    server.cli("model", "results", str(model["id"]), "--dir", str(tmp_path), **as_lab)
+    curves = tmp_path / f"model-{model['id']}" / "curves.png"
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 10_000
+    ids = [str(model["id"]), str(plain["id"])]
+    picture = tmp_path / "compare.png"
+    side = server.cli("model", "compare", *ids, "--plot", "--plot-file", str(picture), **as_lab)
+    assert picture.read_bytes()[:4] == b"\x89PNG", side.stderr
+    table = side.stdout
+    assert "BEST" in table and "3/3" in table and "2/2" in table, table
+    as_json = json.loads(server.cli("model", "compare", *ids, "-o", "json", **as_lab).stdout)
+    assert [len(m["metrics"]) for m in as_json] == [3, 2]
+    missing = server.cli("model", "compare", ids[0], "999999", check=False, **as_lab)
+    assert missing.returncode == 1 and "no model 999999" in missing.stderr, missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    many = server.cli("model", "compare", *[str(i) for i in range(1, 18)], check=False, **as_lab)
+    assert many.returncode == 2 and "at most 16" in many.stderr, many.stderr
+
+    # A name that is a built-in metric: the user's code gets a ValueError; the run fails
+    # saying so, and stores nothing under that name.
+    bad = submit(client, lab, "reports-bad", REPORTING_PY.format(bad="train_loss"), epochs=1)
+    failed = until(client, bad["id"], TERMINAL)
+    assert failed["status"] == "Failed" and failed["restarts"] == 0
+    assert "ValueError" in failed["error"] and "not one of" in failed["error"], failed["error"]
+    assert failed["metrics"] == []

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,35 @@ def test_a_redone_epoch_replaces_its_metrics(store) -> None:  # type: ignore[no-
     metrics.record_epoch(store, run, tenant_id, {"epoch": 2, "train_loss": 0.4})
     found = metrics.epochs(store, "t", model.id)
     assert [m["epoch"] for m in found] == [1, 2] and found[1]["train_loss"] == 0.4
+
+
+def test_the_store_keeps_only_valid_custom_metrics(store) -> None:  # type: ignore[no-untyped-def]
+    """What a sandbox sends is the tenant's: names and values are checked again here."""
+    model, run = _model(store)
+    sent = {
+        "epoch": 1,
+        "train_loss": 0.5,
+        "epoch_s": 0.1,
+        "acc_top5": 0.9,
+        "count": 7,
+        "bad name": 1.0,  # what report() would refuse, sent anyway
+        "attempt": 99,
+        "inf": math.inf,
+    }
+    metrics.record_epoch(store, run, accounts.get_tenant(store, "t").id, sent)
+    assert metrics.epochs(store, "t", model.id) == [
+        {
+            "epoch": 1,
+            "attempt": run.attempt,
+            "train_loss": 0.5,
+            "valid_loss": None,
+            "valid_accuracy": None,
+            "samples_per_s": None,
+            "epoch_s": 0.1,
+            "acc_top5": 0.9,
+            "count": 7.0,
+        }
+    ]
 
 
 def test_removing_a_tenant_removes_its_models(store) -> None:  # type: ignore[no-untyped-def]
