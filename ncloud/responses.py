@@ -77,6 +77,34 @@ class AuditEntry(TypedDict):
     detail: str | None  # the error's message
 
 
+class UsageTotal(TypedDict):
+    tenant: str
+    cpu_hours: float
+    gpu_hours: float
+    memory_gib_hours: float
+
+
+class UsageItem(UsageTotal):
+    """A model's runs (kind "run", every attempt) or its deployments, and what they held."""
+
+    kind: str  # "run" | "deployment"
+    model: int
+    name: str | None  # None once the model is removed
+    cpus: float  # what its latest period held
+    gpus: float
+    memory: int  # bytes
+    periods: int
+    held_s: float
+    running: bool  # holding now: its hours count up to now
+
+
+class Usage(TypedDict):
+    since: str | None
+    until: str
+    tenants: list[UsageTotal]
+    items: list[UsageItem]
+
+
 class NewToken(TypedDict):
     id: str
     name: str

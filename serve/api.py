@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query
 
 import ncloud
 from cluster.core import accounts, audit, tokens
+from jobs.models import accounting
 from ncloud import responses
 from ncloud.errors import InvalidInput, NotFound
 from ncloud.settings import settings
@@ -218,6 +219,22 @@ def audit_log(
         }
         for e in found
     ]
+
+
+# -- usage ---------------------------------------------------------------------------------
+
+
+@router.get("/usage")
+def usage_report(
+    tenant: str | None = None, since: str | None = None, c: Caller = Depends(caller)
+) -> responses.Usage:
+    """CPU-, GPU- and memory-hours held, per run and deployment: the caller's tenant (or
+    `tenant`, one of theirs); an admin naming none gets every tenant's."""
+    start = parse_since(since) if since is not None else None
+    wanted = tenant or c.tenant
+    if wanted is None and c.user.is_admin:
+        return accounting.report(store(), None, start)
+    return accounting.report(store(), Caller(c.user, wanted).require_tenant(), start)
 
 
 # -- the tenant's resources ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Table
 
 from cluster.control import lease, migrations  # noqa: F401  (lease: its table is in metadata)
-from cluster.core import accounts, audit  # noqa: F401  (audit: its table is in metadata)
+from cluster.core import accounts, audit, usage  # noqa: F401  (audit: its table is in metadata)
 from cluster.core.store import Store, metadata
 from jobs.batches.state import batch_predictions
 from jobs.datasets.state import datasets
@@ -47,7 +47,9 @@ def open_store(url: str) -> Store:
 
 def delete_tenant(store: Store, name: str, force: bool) -> accounts.Tenant:
     """Remove a tenant's rows from every table; without force, only a tenant that owns none."""
-    return accounts.delete_tenant(store, name, force, TENANT_TABLES)
+    removed = accounts.delete_tenant(store, name, force, TENANT_TABLES)
+    usage.forget_tenant(store, removed.id)  # its accounting goes with it (no key holds it)
+    return removed
 
 
 assert set(metadata.tables) >= {t.name for t in TENANT_TABLES}

@@ -32,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 
-from cluster.core import accounts, transitions
+from cluster.core import accounts, transitions, usage
 from cluster.core.store import Store, metadata, utcnow
 from jobs.models import state as models
 from ncloud import responses
@@ -224,6 +224,7 @@ def begin(
                 model_id=model_id, tenant_id=tenant_id, created_at=utcnow(), **values
             )
         )
+        usage.open_period(conn, tenant_id, "deployment", model_id, placement)
     return get(store, tenant, model_id), f"ncd_{model_id}_{secret}"
 
 
@@ -240,6 +241,9 @@ def move(store: Store, tenant: str, model_id: int, to: DeploymentStatus, **value
         what=f"model {model_id}'s deployment",
         status_now=lambda: get(store, tenant, model_id).status,
     )
+    if not to.holds_bundles():  # usage: its bundles are free from here
+        with store.write() as conn:
+            usage.close_period(conn, "deployment", model_id)
 
 
 def revoke_token(store: Store, tenant: str, model_id: int) -> None:

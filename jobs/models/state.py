@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from cluster.core import accounts
+from cluster.core import accounts, usage
 from cluster.core.store import Store, metadata, utcnow
 from cluster.core.transitions import transition
 from jobs.models.options import TrainOptions
@@ -38,6 +38,9 @@ from jobs.models.options import TrainOptions
 from jobs.models.records import TRANSITIONS, Model, Run, RunStatus, model_of, run_of
 from ncloud.errors import Conflict, NotFound
 from ncloud.validation import check_name
+
+# The statuses in which a run holds its bundles (what usage accounting counts).
+HOLDING = frozenset({RunStatus.STARTING, RunStatus.RUNNING})
 
 models = Table(
     "models",
@@ -315,6 +318,7 @@ def move(store: Store, run_id: int, to: RunStatus, note: str = "", **values: Any
                 f"model {current.model_id} is {current.status.value}; it cannot become {to.value}"
             )
         now = utcnow()
+        placement = values.get("placement", current.placement) or []
         if "placement" in values:
             values["placement"] = json.dumps(values["placement"])
         if to is RunStatus.RUNNING and current.started_at is None:
@@ -329,6 +333,12 @@ def move(store: Store, run_id: int, to: RunStatus, note: str = "", **values: Any
             conn, runs, runs.c.id == run_id, TRANSITIONS, to, values, only_from={current.status}
         ):
             raise Conflict(f"model {current.model_id} changed status while becoming {to.value}")
+        # Usage: its bundles are held from Starting until it leaves Running (cluster.core.usage).
+        if to in HOLDING and current.status not in HOLDING:
+            tenant_id = int(row._mapping["tenant_id"])
+            usage.open_period(conn, tenant_id, "run", current.model_id, placement, current.attempt)
+        elif to not in HOLDING and current.status in HOLDING:
+            usage.close_period(conn, "run", current.model_id)
     return get_run(store, run_id)[0]
 
 
@@ -342,3 +352,14 @@ def delete_for_model(conn: Connection, model_id: int) -> None:
     """The model's runs and its own row (jobs.models.removal calls this in its transaction)."""
     conn.execute(runs.delete().where(runs.c.model_id == model_id))
     conn.execute(models.delete().where(models.c.id == model_id))
+
+
+def names_of(store: Store, tenant_ids: list[int] | None, model_ids: set[int]) -> dict[int, str]:
+    """model id -> name for these models of these tenants (None: any tenant; admins' usage)."""
+    if not model_ids:
+        return {}
+    query = select(models.c.id, models.c.name).where(models.c.id.in_(sorted(model_ids)))
+    if tenant_ids is not None:
+        query = query.where(models.c.tenant_id.in_(tenant_ids))
+    with store.read() as conn:
+        return {int(r[0]): str(r[1]) for r in conn.execute(query).all()}

@@ -33,6 +33,7 @@ app.add_typer(datasets.app, name="dataset")
 app.add_typer(volumes.app, name="volume")
 app.add_typer(models.app, name="model")
 app.add_typer(batches.app, name="batch")
+app.command("usage")(tokens.usage)
 
 
 @app.callback()

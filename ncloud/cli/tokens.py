@@ -1,4 +1,5 @@
-"""`ncloud token ...` (your own tokens) and `ncloud resource ls` (your tenant's reservation)."""
+"""`ncloud token ...` (your own tokens), `ncloud resource ls` (your tenant's reservation) and
+`ncloud usage` (the hours it held)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,44 @@ def resource_ls(output: OutputOpt = Output.table) -> None:
         f"tenant {found['tenant']}: placement group {found['placement_group']} "
         f"({found['state']}), {len(found['bundles'])} bundles"
     )
+
+
+USAGE_COLUMNS = [
+    "kind", "model", "name", "cpus", "gpus", "memory", "hours", "cpu_h", "gpu_h", "gib_h",
+    "running",
+]  # fmt: skip
+
+
+def usage(
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="Whose (admins: any; all if none).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="From this ISO date or time (UTC).")
+    ] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """CPU-, GPU- and memory-hours held, per run and deployment; running ones count to now."""
+    found = common.client().resources.usage(tenant, since)
+    if output == Output.json:
+        render(found, None, output)
+        return
+    rows = [
+        {
+            **item,
+            "memory": format_size(item["memory"]),
+            "hours": round(item["held_s"] / 3600, 4),
+            "cpu_h": round(item["cpu_hours"], 4),
+            "gpu_h": round(item["gpu_hours"], 4),
+            "gib_h": round(item["memory_gib_hours"], 4),
+        }
+        for item in found["items"]
+    ]
+    several = len(found["tenants"]) > 1
+    render(rows, ["tenant", *USAGE_COLUMNS] if several else USAGE_COLUMNS, output)
+    for t in found["tenants"]:
+        message(
+            f"tenant {t['tenant']}: {t['cpu_hours']:.4f} CPU-hours, {t['gpu_hours']:.4f} "
+            f"GPU-hours, {t['memory_gib_hours']:.4f} GiB-hours "
+            f"(from {found['since'] or 'the start'} to {found['until'][:19]})"
+        )

@@ -124,3 +124,8 @@ class ResourcesAPI:
 
     def list(self) -> JSON:
         return self._c.request("GET", "/resources")
+
+    def usage(self, tenant: str | None = None, since: str | None = None) -> responses.Usage:
+        """Hours held per run and deployment (admins naming no tenant: every tenant's)."""
+        params = {k: v for k, v in {"tenant": tenant, "since": since}.items() if v is not None}
+        return self._c.call(responses.Usage, "GET", "/usage", params=params)

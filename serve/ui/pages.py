@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from jobs.models import accounting
 from jobs.models import state as models
 from ncloud.errors import InvalidInput, NcloudError
 from ncloud.validation import format_size
@@ -255,7 +256,8 @@ def deployments_page(request: Request, c: Caller = Depends(session.signed_in)) -
 async def resources_page(request: Request, c: Caller = Depends(session.signed_in)) -> Any:
     tenant = _tenant(c)
     found = await run_in_threadpool(control().call, "describe_tenant", tenant)
-    return page(request, c, "resources.html", r=found)
+    used = await run_in_threadpool(accounting.report, store(), tenant, None)
+    return page(request, c, "resources.html", r=found, usage=used)
 
 
 @router.get("/admin", response_class=HTMLResponse)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ncloud.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from ncloud.errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded
 from tests.integration.conftest import Server, kill_controller, wait_for
 from tests.integration.lab import (
     ROOT,
@@ -406,3 +407,66 @@ def test_a_spec_reports_its_own_metrics_per_epoch(
     assert failed["status"] == "Failed" and failed["restarts"] == 0
     assert "ValueError" in failed["error"] and "not one of" in failed["error"], failed["error"]
     assert failed["metrics"] == []
+
+
+def _held(history: list[dict[str, Any]]) -> float:
+    """Seconds from the run's Starting to its end, by its own history."""
+    at = {h["status"]: dt.datetime.fromisoformat(h["at"]) for h in history}
+    return (at["Completed"] - at["Starting"]).total_seconds()
+
+
+def test_usage_is_the_reservation_held_times_the_time(server: Server, lab: dict[str, Any]) -> None:
+    client = as_user(server, lab)
+    model = submit(client, lab, "metered", slow_py(sleep=0.05), epochs=3)
+    wait_for(lambda: client.models.show(model["id"])["status"] == "Running", 120, "running")
+    first = client.resources.usage()
+    mine = [i for i in first["items"] if i["model"] == model["id"]]
+    assert len(mine) == 1 and mine[0]["running"] and mine[0]["kind"] == "run", first
+    later = wait_for(
+        lambda: [
+            i for i in client.resources.usage()["items"]
+            if i["model"] == model["id"] and i["held_s"] > mine[0]["held_s"]
+        ],
+        30,
+        "a running run's hours to count up",
+    )  # fmt: skip
+    assert later[0]["running"]
+
+    done = until(client, model["id"], TERMINAL)
+    assert done["status"] == "Completed"
+    item = next(i for i in client.resources.usage()["items"] if i["model"] == model["id"])
+    # The lab reserves 2 CPUs and 2 GiB: two bundles of 1 CPU and 1 GiB; one worker holds one.
+    assert (item["cpus"], item["gpus"], item["memory"]) == (1.0, 0.0, 1 << 30), item
+    assert item["periods"] == 1 and not item["running"] and item["name"] == "metered"
+    assert abs(item["held_s"] - _held(done["runs"][-1]["history"])) < 0.5, (item, done["runs"])
+    assert item["cpu_hours"] == pytest.approx(item["held_s"] / 3600)
+    assert item["memory_gib_hours"] == pytest.approx(item["held_s"] / 3600)
+    assert item["gpu_hours"] == 0
+
+    # A deployment: its replica's bundle, from deploy to undeploy.
+    client.models.deploy(model["id"])
+    wait_for(lambda: client.models.deployment(model["id"])["status"] == "Deployed", 180, "deployed")
+    client.models.undeploy(model["id"])
+    wait_for(
+        lambda: client.models.deployment(model["id"])["status"] == "Undeployed", 120, "undeployed"
+    )
+    report = client.resources.usage()
+    served = [i for i in report["items"] if i["model"] == model["id"] and i["kind"] == "deployment"]
+    assert len(served) == 1 and not served[0]["running"] and served[0]["held_s"] > 0, served
+    assert served[0]["cpus"] == 1.0
+    lab_total = next(t for t in report["tenants"] if t["tenant"] == "lab")
+    assert lab_total["cpu_hours"] >= item["cpu_hours"] + served[0]["cpu_hours"] - 1e-9
+
+    # --since: what began before counts from then; after everything ended, nothing.
+    assert client.resources.usage(since="2999-01-01")["items"] == []
+    # The CLI; bad input; another tenant's; an admin sees every tenant's.
+    shown = server.cli("usage", token=lab["token"], tenant="lab")
+    assert "tenant lab:" in shown.stderr and "CPU-hours" in shown.stderr, shown
+    listed = json.loads(server.cli("usage", "-o", "json", token=lab["token"], tenant="lab").stdout)
+    assert "metered" in {i["name"] for i in listed["items"]}
+    bad = server.cli("usage", "--since", "yesterday", check=False, token=lab["token"])
+    assert bad.returncode == 1 and "ISO date" in bad.stderr, bad.stderr
+    with pytest.raises(Forbidden):
+        client.resources.usage(tenant="somebody-else")
+    everyone = server.client().resources.usage()
+    assert "lab" in {t["tenant"] for t in everyone["tenants"]}

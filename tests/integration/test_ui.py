@@ -144,6 +144,8 @@ def test_the_dashboard_in_a_browser(
         b.get(f"{base}/ui/resources")
         cpus = b.find_element(By.ID, "resource-cpus").text
         assert cpus.split()[:2] == ["cpus", "2"], cpus
+        used = b.find_element(By.ID, f"usage-run-{first['id']}").text
+        assert "ui-first" in used and "1GiB" in used, used
 
         b.get(f"{base}/ui/admin")  # a tenant's user is no admin
         assert "403" in b.find_element(By.TAG_NAME, "h1").text

@@ -132,6 +132,33 @@ def test_the_store_keeps_only_valid_custom_metrics(store) -> None:  # type: igno
     ]
 
 
+def test_a_run_is_metered_from_starting_to_its_end_with_its_bundles(store) -> None:  # type: ignore[no-untyped-def]
+    from cluster.core import usage
+    from jobs.models import accounting
+
+    accounts.resize_tenant(store, "t", 2, 0, 4 << 30)
+    model, run = _model(store)
+    models.move(store, run.id, RunStatus.STARTING, placement=[1])
+    models.move(store, run.id, RunStatus.RUNNING)
+    live = accounting.report(store, "t", None)["items"]
+    assert [(i["kind"], i["model"], i["running"]) for i in live] == [("run", model.id, True)]
+    models.move(store, run.id, RunStatus.COMPLETED)
+    (period,) = usage.periods(store, None, None)
+    assert period.ended_at is not None and period.attempt == run.attempt
+    assert (period.cpus, period.gpus, period.memory) == (1.0, 0.0, 2 << 30)  # one of 2 bundles
+    (item,) = accounting.report(store, "t", None)["items"]
+    assert not item["running"] and item["periods"] == 1 and item["name"] == "m"
+    assert item["cpu_hours"] == pytest.approx(item["held_s"] / 3600)
+    # since: the part held after it, none once it ended before; a tenant's removal forgets it.
+    assert accounting.report(store, "t", period.ended_at)["items"] == []
+    half = period.started_at + (period.ended_at - period.started_at) / 2
+    assert period.held_s(half, period.ended_at) == pytest.approx(
+        (period.ended_at - half).total_seconds()
+    )
+    schema.delete_tenant(store, "t", force=True)
+    assert usage.periods(store, None, None) == []
+
+
 def test_removing_a_tenant_removes_its_models(store) -> None:  # type: ignore[no-untyped-def]
     model, run = _model(store)
     metrics.add_lines(store, run, accounts.get_tenant(store, "t").id, ["hello"])
