@@ -6,6 +6,7 @@ script from static/), so the pages work with no internet connection.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from serve.deps import write_audit
 from serve.limits import BodySizeLimit
 from serve.ui import charts, pages, session
 from serve.ui.session import BASE
+
+log = logging.getLogger("ncloud.ui")
 
 APP_NAME = "ncloud-ui"
 ROUTE_PREFIX = BASE
@@ -65,6 +68,11 @@ def create_ui_app() -> FastAPI:
     async def on_bad_request(request: Request, exc: RequestValidationError) -> Response:
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _error(request, 422, f"bad request: {where}")
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> Response:
+        log.exception("the dashboard failed on %s", request.url.path)
+        return _error(request, 500, "internal error: the server log says more")
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:

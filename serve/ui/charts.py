@@ -6,6 +6,7 @@ one more per custom metric it reported; compare overlays each metric of several 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ BUILT_IN = ("train_loss", "valid_loss", "valid_accuracy", "samples_per_s", "epoc
 NOT_CURVES = {"epoch", "attempt", "samples_per_s", "epoch_s"}
 
 Figure = dict[str, Any]
+_PROGRESS = re.compile(
+    r"Epoch (?P<epoch>\d+) \[Train \|.*\| (?P<batch>\d+)/(?P<batches>\d+) batches, "
+    r"(?P<cost>[0-9.]+) cost"
+)
 
 
 def _layout(title: str, y: str) -> dict[str, Any]:
@@ -49,14 +54,42 @@ def custom_keys(metrics: list[dict[str, Any]]) -> list[str]:
     return list(seen)
 
 
-def run_charts(name: str, metrics: list[dict[str, Any]]) -> list[Figure]:
+def within_epoch(progress: str | None) -> tuple[float, float] | None:
+    """(epoch so far, train loss so far) from a running run's progress line (the trainer's
+    jobs.training.config.progress_line: 'Epoch 3 [Train |...| 40/79 batches, 0.42 cost, ...')."""
+    found = _PROGRESS.search(progress or "")
+    if found is None or int(found["batches"]) == 0:
+        return None
+    epoch, batch, batches = int(found["epoch"]), int(found["batch"]), int(found["batches"])
+    return epoch - 1 + batch / batches, float(found["cost"])
+
+
+def run_charts(
+    name: str, metrics: list[dict[str, Any]], progress: str | None = None
+) -> list[Figure]:
+    """A run's figures; while it trains, the loss so far in the epoch under way as well."""
+    losses = [
+        _trace(metrics, "train_loss", "train loss"),
+        _trace(metrics, "valid_loss", "validation loss"),
+    ]
+    now = within_epoch(progress)
+    if now is not None:
+        last = [(m["epoch"], m["train_loss"]) for m in metrics if m.get("train_loss") is not None]
+        points = [*last[-1:], now]
+        losses.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "train loss, this epoch so far",
+                "line": {"dash": "dot"},
+                "x": [x for x, _ in points],
+                "y": [y for _, y in points],
+            }
+        )
     figures = [
         {
             "id": "loss",
-            "data": [
-                _trace(metrics, "train_loss", "train loss"),
-                _trace(metrics, "valid_loss", "validation loss"),
-            ],
+            "data": losses,
             "layout": _layout(f"{name}: loss", "loss"),
         },
         {

@@ -126,7 +126,10 @@ def model_page(
     _tenant(c)
     found = model_routes.show_model(model_id, c)
     spec = _spec_text(found, c)
-    return page(request, c, "model.html", m=found, spec=spec, **_live(model_id, c, found))
+    columns = ["epoch", "attempt", *charts.BUILT_IN, *charts.custom_keys(found["metrics"])]
+    return page(
+        request, c, "model.html", m=found, spec=spec, columns=columns, **_live(model_id, c, found)
+    )
 
 
 @router.get("/models/{model_id}/data")
@@ -153,7 +156,11 @@ def _live(model_id: int, c: Caller, found: Any) -> dict[str, Any]:
     lines = model_routes.logs(model_id, 0, 5000, c)["lines"][-200:]
     return {
         "log": "\n".join(line["line"] for line in lines),
-        "charts": charts.run_charts(found["name"], found["metrics"]),
+        "charts": charts.run_charts(
+            found["name"],
+            found["metrics"],
+            found["progress"] if found["status"] == "Running" else None,
+        ),
     }
 
 

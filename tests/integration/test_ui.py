@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.conftest import Server
-from tests.integration.lab import ROOT, as_user, submit, until
+from tests.integration.lab import ROOT, as_user, slow_py, submit, until
 
 WAIT_S = 60
 
@@ -123,6 +123,20 @@ def test_the_dashboard_in_a_browser(
         assert "epoch 3" in b.find_element(By.ID, "checkpoints").text
         b.save_screenshot(str(shots / "run.png"))
 
+        # A run followed live: its page, opened while it waits or trains, redraws itself.
+        slow = submit(client, lab, "ui-live", slow_py(sleep=0.03), epochs=4)
+        b.get(f"{base}/ui/models/{slow['id']}")
+        assert b.find_element(By.ID, "status").text in {"Queued", "Starting", "Running"}
+        seen: set[str] = set()
+
+        def finished(d: webdriver.Chrome) -> bool:
+            seen.add(d.find_element(By.ID, "status").text)
+            return "Completed" in seen
+
+        WebDriverWait(b, 240, poll_frequency=0.2).until(finished, "the live page to finish")
+        assert "Running" in seen, seen  # it showed the run training, then done
+        assert _points(b, "chart-loss")[0] == 4
+
         # Compare the two: overlaid curves, a line per run with its own epochs.
         b.get(f"{base}/ui/models")
         for m in (first, second):
@@ -137,6 +151,8 @@ def test_the_dashboard_in_a_browser(
         b.get(f"{base}/ui/datasets")
         row = b.find_element(By.ID, f"dataset-{lab['train']}").text
         assert "train" in row and "Ready" in row, row
+        b.get(f"{base}/ui/compare")  # no ids yet: the form, and the models to pick from
+        assert "ui-first" in b.find_element(By.TAG_NAME, "main").text
         b.get(f"{base}/ui/volumes")
         assert b.find_element(By.TAG_NAME, "h1").text == "Volumes"
         b.get(f"{base}/ui/deployments")

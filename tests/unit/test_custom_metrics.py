@@ -81,3 +81,17 @@ def test_the_dashboard_and_the_pictures_chart_each_custom_metric(tmp_path) -> No
     assert plots.curves("net", rows, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     both = plots.compare([("1 a", rows), ("2 b", other)], tmp_path / "d.png")
     assert both.stat().st_size > 10_000
+
+
+def test_a_running_runs_loss_so_far_is_drawn_within_its_epoch() -> None:
+    from jobs.training.config import progress_line
+    from serve.ui import charts
+
+    line = progress_line(3, 40, 80, 0.4242, 3.1)
+    assert charts.within_epoch(line) == (2.5, 0.42)
+    assert charts.within_epoch(None) is None and charts.within_epoch("garbage") is None
+    rows = [{"epoch": e, "train_loss": 1.0 / e} for e in (1, 2)]
+    (loss, *_) = charts.run_charts("net", rows, line)
+    partial = loss["data"][-1]
+    assert partial["x"] == [2, 2.5] and partial["y"] == [0.5, 0.42]
+    assert len(charts.run_charts("net", rows)[0]["data"]) == 2  # not running: no partial line
