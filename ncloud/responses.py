@@ -237,6 +237,7 @@ class Deployment(TypedDict):
     route: str
     token_active: bool
     error: str | None
+    served: int  # requests answered 200 (counted by the replicas every few seconds)
     updated_at: str
     url: NotRequired[str]  # where to POST inputs; the API adds it
     token: NotRequired[str]  # the deployment's own token, on deploy only

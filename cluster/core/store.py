@@ -33,7 +33,7 @@ metadata = MetaData()
 
 # Bump when a table changes: cluster/control/migrations/versions/ holds the Alembic
 # revision from N-1 to N, whose id is N as four digits (revision_id).
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # Where Alembic records a store's revision, and where stores before Alembic kept theirs.
 ALEMBIC_TABLE = Table("alembic_version", MetaData(), Column("version_num", String(32)))

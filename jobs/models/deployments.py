@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     DateTime,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    func,
     insert,
     select,
     update,
@@ -83,6 +85,7 @@ deployments = Table(
     Column("token_hash", String(64)),
     Column("batching", Text),  # JSON: Batching
     Column("error", Text),
+    Column("served", BigInteger),  # requests answered 200, written by replicas every few s
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
 )
@@ -121,6 +124,7 @@ class Deployment:
     error: str | None
     updated_at: dt.datetime
     batching: Batching = Batching()
+    served: int = 0
 
     @property
     def app_name(self) -> str:
@@ -141,6 +145,7 @@ class Deployment:
             "route": route(self.model_id),
             "token_active": self.has_token,
             "error": self.error,
+            "served": self.served,
             "updated_at": self.updated_at.isoformat(),
         }
 
@@ -171,6 +176,7 @@ def _deployment(tenant: str, row: Any) -> Deployment:
         m["error"],
         m["updated_at"],
         Batching.from_json(m["batching"]),
+        int(m["served"] or 0),
     )
 
 
@@ -214,6 +220,7 @@ def begin(
         "token_hash": _hash(secret),
         "batching": json.dumps(asdict(batching)),
         "error": None,
+        "served": 0,
         "updated_at": utcnow(),
     }
     tenant_id = accounts.get_tenant(store, tenant).id
@@ -244,6 +251,16 @@ def move(store: Store, tenant: str, model_id: int, to: DeploymentStatus, **value
     if not to.holds_bundles():  # usage: its bundles are free from here
         with store.write() as conn:
             usage.close_period(conn, "deployment", model_id)
+
+
+def add_served(store: Store, model_id: int, n: int) -> None:
+    """Requests a replica of this deployment answered (the replica's own model, by id)."""
+    with store.write() as conn:
+        conn.execute(
+            update(deployments)
+            .where(deployments.c.model_id == model_id)
+            .values(served=func.coalesce(deployments.c.served, 0) + n)
+        )
 
 
 def revoke_token(store: Store, tenant: str, model_id: int) -> None:

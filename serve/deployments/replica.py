@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 
 from cluster.core import accounts
 from cluster.core.store import open_store
+from jobs.models import deployments
 from jobs.models import state as models
 from jobs.models.predictor import Predictor
 from jobs.volumes import sync as volume_sync
@@ -120,6 +121,7 @@ def model_application(
             self.drain = Drain()
             self.reading = 0  # requests admitted whose bodies are still coming in
             self.active = 0  # requests in the handler
+            self.served = 0  # answered 200 since the last check_health wrote them down
             self.auth = AuthCache(AUTH_TTL_S)
             self.failures = FailedAuth(settings().auth_failures_per_minute)
             log.info("model %s serving on %s (GPUs %s)", self.cfg.model_id, device, self.gpu_ids)
@@ -129,8 +131,14 @@ def model_application(
             return list(await self.predictor.probabilities_async(inputs))
 
         async def check_health(self) -> None:
-            """Serve restarts a replica whose network no longer answers a zero input."""
+            """Serve restarts a replica whose network no longer answers a zero input. Every
+            check (5 s) also adds the requests answered since to the deployment's count."""
             await self.predictor.probe_async()
+            served, self.served = self.served, 0
+            if served:
+                await asyncio.to_thread(
+                    deployments.add_served, self.store, self.cfg.model_id, served
+                )
 
         async def __call__(self, request: Request) -> Response:
             self.active += 1  # counted from arrival: a request still reading its body counts
@@ -141,6 +149,7 @@ def model_application(
                         raise MethodNotAllowed("POST files to /predict")
                     arrived = time.perf_counter()
                     answer = await self._predict(request)
+                    self.served += answer.status_code == 200
                     took = (time.perf_counter() - arrived) * 1e3  # the replica's share of it
                     answer.headers["Server-Timing"] = f"replica;dur={took:.1f}"
                     return answer

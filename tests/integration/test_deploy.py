@@ -130,6 +130,23 @@ def test_predict_top5_with_labels_through_the_cli_and_curl(
     assert output["shape"] == [10] and abs(sum(output["output"]) - 1) < 1e-4
 
 
+def test_a_deployment_counts_the_requests_it_answered(server: Server, shop: dict[str, Any]) -> None:
+    client = server.client(token=shop["token"], tenant="shop")
+    before = client.models.deployment(shop["cnn"])["served"]
+    image = sorted((shop["data"] / "holdout").iterdir())[0].read_bytes()
+    token = shop["image_dep"]["token"]
+    for _ in range(3):
+        ok = post(server, shop["cnn"], token, files=[("file", ("a.png", image))])
+        assert ok.status_code == 200, ok.text
+    bad = post(server, shop["cnn"], token, files=[("file", ("a.png", b"not a png"))])
+    assert bad.status_code == 422  # not served: not counted
+    wait_for(
+        lambda: client.models.deployment(shop["cnn"])["served"] == before + 3,
+        60,
+        "the replica to count 3 answers (it writes them down every health check, 5 s)",
+    )
+
+
 def test_json_features_predict_and_wrong_length_is_422(
     server: Server, shop: dict[str, Any]
 ) -> None:
