@@ -46,8 +46,11 @@ def _what(scope: Scope) -> tuple[str, str | None]:
 
 
 class AuditLog:
-    def __init__(self, app: Callable[..., Any], write: Callable[[audit.Entry], None]) -> None:
-        self.app, self.write = app, write
+    def __init__(
+        self, app: Callable[..., Any], write: Callable[[audit.Entry], None], via: str = ""
+    ) -> None:
+        """via: what each action starts with ("ui " for the dashboard's forms)."""
+        self.app, self.write, self.via = app, write, via
 
     async def __call__(
         self, scope: Scope, receive: Callable[..., Any], send: Callable[..., Any]
@@ -72,6 +75,7 @@ class AuditLog:
             user = state.get(USER_KEY)
             if user is not None:
                 action, obj = _what(scope)
+                action = self.via + action
                 outcome, detail = _outcome(status, bytes(body))
                 client = scope.get("client")
                 row = audit.entry(

@@ -47,6 +47,31 @@ def _error(request: Request, status: int, message: str) -> Response:
     )
 
 
+# Pages load only what ncloud serves, cannot be framed, and send no Referer elsewhere.
+# Plotly sets inline styles on what it draws, hence 'unsafe-inline' for styles (not scripts).
+HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+     b"img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]  # fmt: skip
+
+
+class SecurityHeaders:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
 def create_ui_app() -> FastAPI:
     app = FastAPI(title="ncloud dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(pages.router)
@@ -79,7 +104,8 @@ def create_ui_app() -> FastAPI:
         return _error(request, exc.status_code, str(exc.detail))
 
     app.add_middleware(BodySizeLimit, max_body=MAX_FORM, max_text=MAX_FORM, max_file=MAX_FORM)
-    app.add_middleware(AuditLog, write=write_audit)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(AuditLog, write=write_audit, via="ui ")
     return app
 
 

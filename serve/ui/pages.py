@@ -62,6 +62,7 @@ def login_form(request: Request, message: str = "") -> Any:
 
 @router.post("/login")
 def login(request: Request, token: Annotated[str, Form(max_length=session.MAX_TOKEN)]) -> Any:
+    session.same_origin(request)  # no other site signs a browser in as someone else
     try:
         session.check(request, token)
     except NcloudError as e:

@@ -195,11 +195,22 @@ def test_the_dashboard_in_a_browser(
         server.client().users.remove("otto@example.com")
 
 
-def test_the_dashboard_refuses_without_a_session_and_from_another_site(server: Server) -> None:
+def test_the_dashboard_refuses_without_a_session_and_from_another_site(
+    server: Server, tenant: Any
+) -> None:
     base = f"{server.api_url}/ui"
+    tenant("ui-picked")
     with httpx.Client(timeout=30, follow_redirects=False) as http:
         page = http.get(f"{base}/models")
         assert page.status_code == 303 and page.headers["location"] == "/ui/login"
+        form = http.get(f"{base}/login")
+        assert "frame-ancestors 'none'" in form.headers["content-security-policy"]
+        assert form.headers["x-frame-options"] == "DENY"
+        elsewhere = {"Origin": "http://evil.example"}
+        forced = http.post(f"{base}/login", data={"token": server.admin_token}, headers=elsewhere)
+        assert forced.status_code == 403 and "ncloud_session" not in forced.headers.get(
+            "set-cookie", ""
+        )
         assert http.get(f"{base}/vendor/plotly.min.js").status_code == 200  # served by ncloud
         bad = http.post(f"{base}/login", data={"token": "nope"})
         assert bad.status_code == 401 and "that token was refused" in bad.text
@@ -212,6 +223,11 @@ def test_the_dashboard_refuses_without_a_session_and_from_another_site(server: S
         forged = http.post(f"{base}/logout", headers={"Origin": "http://evil.example"})
         assert forged.status_code == 403 and "another site" in forged.text
         assert http.get(f"{base}/admin").status_code == 200  # still signed in
+        picked = http.post(f"{base}/tenant", data={"tenant": "ui-picked"})
+        assert picked.status_code == 303 and http.get(f"{base}/models").status_code == 200
+        admin = server.client()
+        (row,) = admin.audit.list(user=admin.info()["user"]["email"], limit=1)
+        assert (row["action"], row["status"], row["outcome"]) == ("ui POST /tenant", 303, "ok")
         bad_ids = http.get(f"{base}/compare?ids=x")
         assert bad_ids.status_code == 422 and "model ids" in bad_ids.text
         too_many = http.get(f"{base}/compare?ids=" + ",".join(str(i) for i in range(1, 10)))

@@ -65,7 +65,13 @@ function compareTicked() {
   });
 }
 
+function pickTenant() {
+  const select = document.getElementById("pick-tenant");
+  if (select) select.addEventListener("change", () => select.form.submit());
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  pickTenant();
   const data = document.getElementById("charts-data");
   if (data) draw(JSON.parse(data.textContent));
   refreshTables();
