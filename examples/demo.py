@@ -139,6 +139,9 @@ def main() -> None:
             f"\nheld-out accuracy: {right}/{len(holdout)} = {right / len(holdout):.0%} "
             "(images the model never saw in training or validation)"
         )
+        print("\nwhat it used: the hours its run and its deployment held of the reservation")
+        sh.run("usage")
+        print(f"\nthe dashboard: {api}/ui (sign in with ada's token)")
         sh.run("server", "status")
         print("\nrestarting the server: every record and reservation comes back")
         sh.run("server", "stop")

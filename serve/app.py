@@ -6,7 +6,7 @@ from typing import Any
 
 from ray import serve
 
-from cluster.core.names import ON_HEAD
+from cluster.core.names import on_head
 from ncloud.protocol import API_PREFIX
 from serve.api import create_app
 
@@ -21,13 +21,7 @@ def api_application(env: dict[str, str], replicas: int = 1) -> Any:
     @serve.deployment(
         name="api",
         num_replicas=replicas,
-        # The API must never compete with tenants' reservations for CPUs.
-        # On the head: a worker node's loss must not take the API with it.
-        ray_actor_options={
-            "num_cpus": 0,
-            "resources": ON_HEAD,
-            "runtime_env": {"env_vars": env},
-        },
+        ray_actor_options=on_head(env),
         max_ongoing_requests=64,
         health_check_period_s=5,
     )

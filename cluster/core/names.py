@@ -13,6 +13,13 @@ CONTROLLER = "ncloud-controller"
 ON_HEAD = {"node:__internal_head__": 0.001}
 
 
+def on_head(env: dict[str, str]) -> dict[str, object]:
+    """Ray actor options of a control-plane Serve app's replicas (the API, the dashboard, the
+    fallback for models not deployed): no CPUs of any tenant, on the head, with these
+    NCLOUD_* settings."""
+    return {"num_cpus": 0, "resources": ON_HEAD, "runtime_env": {"env_vars": env}}
+
+
 def control_plane_env() -> dict[str, str]:
     """The NCLOUD_* settings the controller and API replicas need, made explicit."""
     s = settings()

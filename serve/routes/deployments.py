@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from cluster.core.names import ON_HEAD
+from cluster.core.names import on_head
 from jobs.models import deployments
 from jobs.models import state as models
 from ncloud import responses
@@ -110,7 +110,7 @@ def fallback_application(env: dict[str, str]) -> Any:
 
     @serve.deployment(
         name="fallback",
-        ray_actor_options={"num_cpus": 0, "resources": ON_HEAD, "runtime_env": {"env_vars": env}},
+        ray_actor_options=on_head(env),
     )
     @serve.ingress(app)
     class Fallback:

@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.core.names import ON_HEAD
+from cluster.core.names import on_head
 from ncloud.errors import NcloudError
 from serve.audit import AuditLog
 from serve.deps import write_audit
@@ -114,7 +114,7 @@ def ui_application(env: dict[str, str]) -> Any:
 
     @serve.deployment(
         name="ui",
-        ray_actor_options={"num_cpus": 0, "resources": ON_HEAD, "runtime_env": {"env_vars": env}},
+        ray_actor_options=on_head(env),
         max_ongoing_requests=64,
     )
     @serve.ingress(app)
