@@ -47,7 +47,11 @@ class DeployIn(BaseModel):
 
 
 def _with_url(request: Request, found: responses.Deployment) -> responses.Deployment:
-    base = host_of(str(request.base_url))
+    """The endpoint's URL on the host this request came to, minus the app's own prefix (the
+    API's /api/v1, the dashboard's /ui)."""
+    base = str(request.base_url).rstrip("/")
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    base = base.removesuffix(root) if root and base.endswith(root) else host_of(base)
     return {**found, "url": f"{base}{found['route']}/predict"}
 
 

@@ -132,7 +132,17 @@ def test_predict_top5_with_labels_through_the_cli_and_curl(
 
 def test_a_deployment_counts_the_requests_it_answered(server: Server, shop: dict[str, Any]) -> None:
     client = server.client(token=shop["token"], tenant="shop")
-    before = client.models.deployment(shop["cnn"])["served"]
+
+    def served() -> int:
+        return client.models.deployment(shop["cnn"])["served"]
+
+    def settled() -> int | None:
+        """The count once a health check (5 s) has passed with nothing new to write."""
+        first = served()
+        time.sleep(6)
+        return first if served() == first else None
+
+    before = wait_for(lambda: (n := settled()) is not None and (n,), 60, "a settled count")[0]
     image = sorted((shop["data"] / "holdout").iterdir())[0].read_bytes()
     token = shop["image_dep"]["token"]
     for _ in range(3):
@@ -140,11 +150,8 @@ def test_a_deployment_counts_the_requests_it_answered(server: Server, shop: dict
         assert ok.status_code == 200, ok.text
     bad = post(server, shop["cnn"], token, files=[("file", ("a.png", b"not a png"))])
     assert bad.status_code == 422  # not served: not counted
-    wait_for(
-        lambda: client.models.deployment(shop["cnn"])["served"] == before + 3,
-        60,
-        "the replica to count 3 answers (it writes them down every health check, 5 s)",
-    )
+    wait_for(lambda: served() == before + 3, 60, "the replica to count its 3 answers")
+    assert settled() == before + 3  # and no more: the 422 is not counted
 
 
 def test_json_features_predict_and_wrong_length_is_422(

@@ -17,7 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.integration.conftest import Server
+from tests.integration.conftest import Server, wait_for
 from tests.integration.lab import ROOT, as_user, slow_py, submit, until
 
 WAIT_S = 60
@@ -137,6 +137,34 @@ def test_the_dashboard_in_a_browser(
         assert "Running" in seen, seen  # it showed the run training, then done
         assert _points(b, "chart-loss")[0] == 4
 
+        # The buttons: stop a run that trains; deploy a trained one (its token shown once),
+        # see it on Deployments, undeploy it.
+        long = submit(client, lab, "ui-stopped", slow_py(sleep=0.05), epochs=50)
+        b.get(f"{base}/ui/models/{long['id']}")
+        _wait(b, "the run to train", lambda d: d.find_element(By.ID, "status").text == "Running")
+        b.get(f"{base}/ui/models/{long['id']}")  # its buttons are those of a running run
+        b.find_element(By.ID, "stop").click()
+        until(client, int(long["id"]), {"Stopped"})
+        b.get(f"{base}/ui/models/{first['id']}")
+        b.find_element(By.ID, "deploy").click()
+        token = _wait(b, "the deploy page", lambda d: d.find_element(By.ID, "deploy-token")).text
+        assert token.startswith(f"ncd_{first['id']}_"), token
+        wait_for(
+            lambda: client.models.deployment(int(first["id"]))["status"] == "Deployed", 180,
+            "deployed from the dashboard",
+        )  # fmt: skip
+        b.get(f"{base}/ui/deployments")
+        row = b.find_element(By.ID, f"deployment-{first['id']}").text
+        assert "Deployed" in row and f"{base}/models/{first['id']}/predict" in row, row
+        b.get(f"{base}/ui/models/{first['id']}")
+        b.find_element(By.ID, "undeploy").click()
+        wait_for(
+            lambda: client.models.deployment(int(first["id"]))["status"] == "Undeployed", 120,
+            "undeployed from the dashboard",
+        )  # fmt: skip
+        actions = {r["action"] for r in server.client().audit.list(user="tess@example.com")}
+        assert {"ui POST /models/{model_id}/stop", "ui POST /models/{model_id}/deploy"} <= actions
+
         # Compare the two: overlaid curves, a line per run with its own epochs.
         b.get(f"{base}/ui/models")
         for m in (first, second):
@@ -156,7 +184,8 @@ def test_the_dashboard_in_a_browser(
         b.get(f"{base}/ui/volumes")
         assert b.find_element(By.TAG_NAME, "h1").text == "Volumes"
         b.get(f"{base}/ui/deployments")
-        assert "Nothing deployed" in b.find_element(By.TAG_NAME, "table").text
+        row = b.find_element(By.ID, f"deployment-{first['id']}").text
+        assert "Undeployed" in row, row
         b.get(f"{base}/ui/resources")
         cpus = b.find_element(By.ID, "resource-cpus").text
         assert cpus.split()[:2] == ["cpus", "2"], cpus
@@ -225,8 +254,8 @@ def test_the_dashboard_refuses_without_a_session_and_from_another_site(
         assert http.get(f"{base}/admin").status_code == 200  # still signed in
         picked = http.post(f"{base}/tenant", data={"tenant": "ui-picked"})
         assert picked.status_code == 303 and http.get(f"{base}/models").status_code == 200
-        admin = server.client()
-        (row,) = admin.audit.list(user=admin.info()["user"]["email"], limit=1)
+        as_admin = server.client()
+        (row,) = as_admin.audit.list(user=as_admin.info()["user"]["email"], limit=1)
         assert (row["action"], row["status"], row["outcome"]) == ("ui POST /tenant", 303, "ok")
         bad_ids = http.get(f"{base}/compare?ids=x")
         assert bad_ids.status_code == 422 and "model ids" in bad_ids.text
