@@ -110,8 +110,12 @@ def usage(
         }
         for item in found["items"]
     ]
-    several = len(found["tenants"]) > 1
-    render(rows, ["tenant", *USAGE_COLUMNS] if several else USAGE_COLUMNS, output)
+    columns = USAGE_COLUMNS
+    if not any(item["gpus"] for item in found["items"]):  # no GPU columns on a CPU cluster
+        columns = [c for c in columns if c not in ("gpus", "gpu_h")]
+    if len(found["tenants"]) > 1:
+        columns = ["tenant", *columns]
+    render(rows, columns, output)
     for t in found["tenants"]:
         message(
             f"tenant {t['tenant']}: {t['cpu_hours']:.4f} CPU-hours, {t['gpu_hours']:.4f} "
