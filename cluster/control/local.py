@@ -79,6 +79,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, taken: set[int]) -> list[int]:
+    """n distinct free ports, none of them `taken` (ports already named for other parts, not
+    bound yet: two picks of the kernel's may return the same one)."""
+    found: list[int] = []
+    while len(found) < n:
+        port = free_port()
+        if port not in taken and port not in found:
+            found.append(port)
+    return found
+
+
 def ray_auth_env() -> dict[str, str]:
     """Ray token auth for the local cluster, with a token of its own under NCLOUD_HOME.
 
@@ -117,6 +128,7 @@ def _start_head(
     temp_dir = (
         Path("/tmp") / f"ncloud-{hashlib.sha1(str(settings().home).encode()).hexdigest()[:8]}"
     )
+    client, agent, agent_grpc, runtime_env, metrics = free_ports(5, {ray_port, dashboard_port})
     args = [
         str(ray_bin),
         "start",
@@ -127,11 +139,11 @@ def _start_head(
         f"--port={ray_port}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
-        f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--metrics-export-port={metrics}",
         f"--temp-dir={temp_dir}",
     ]
     if cpus is not None:

@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
+from cluster.control.local import free_ports
 from examples.digits import make_digits
 from ncloud.client import Client
 from ncloud.errors import NcloudError
-from tests.s3 import CREDENTIALS, FlakyProxy, MotoServer, free_port
+from tests.s3 import CREDENTIALS, FlakyProxy, MotoServer
 
 # Logical CPUs of the test cluster: one more than the cores, so a tenant can hold two bundles
 # for training while other tests make tenants of their own.
@@ -199,7 +200,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, s3: S3) -> Iterator[Server]
             **CREDENTIALS,
         }
     )
-    ports = {"api": free_port(), "ray": free_port(), "dashboard": free_port()}
+    ports = dict(zip(("api", "ray", "dashboard"), free_ports(3, set()), strict=True))
     srv = Server(home, env, f"http://127.0.0.1:{ports['api']}", "", "", ports, s3)
     env["NCLOUD_HOST"] = srv.api_url
     # The cluster's Ray token is the session's (tests/conftest.py): this process's Ray

@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cluster.control.local import free_ports
 from tests.integration.conftest import wait_for
-from tests.s3 import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -46,16 +46,15 @@ class RayNode:
             self.address, self.dashboard_url = address, dashboard_url
             args.append(f"--address={address}")
         else:  # a head: every port its own, on loopback
-            self.address = f"127.0.0.1:{free_port()}"
-            self.dashboard_url = f"http://127.0.0.1:{free_port()}"
-            args += ["--head", f"--port={self.address.rsplit(':', 1)[1]}",
-                     "--dashboard-host=127.0.0.1",
-                     f"--dashboard-port={self.dashboard_url.rsplit(':', 1)[1]}",
-                     f"--ray-client-server-port={free_port()}",
-                     f"--dashboard-agent-listen-port={free_port()}",
-                     f"--dashboard-agent-grpc-port={free_port()}",
-                     f"--runtime-env-agent-port={free_port()}",
-                     f"--metrics-export-port={free_port()}"]  # fmt: skip
+            port, dash, client, agent, grpc, runtime, metrics = free_ports(7, set())
+            self.address = f"127.0.0.1:{port}"
+            self.dashboard_url = f"http://127.0.0.1:{dash}"
+            args += ["--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+                     f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+                     f"--dashboard-agent-listen-port={agent}",
+                     f"--dashboard-agent-grpc-port={grpc}",
+                     f"--runtime-env-agent-port={runtime}",
+                     f"--metrics-export-port={metrics}"]  # fmt: skip
         self.proc = subprocess.Popen(
             args,
             stdout=self.log,
