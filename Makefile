@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip on these machines warns about every local index it skips; keep real errors visible.
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: install postgres browser demo test lint unit integration fuzz bench clean
+.PHONY: install postgres browser haproxy demo test lint unit integration fuzz bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The local cluster's front door (cluster/control/front.py): Debian's HAProxy. Without it
+# the server still runs, with Serve's own proxy on the API's port (slower).
+haproxy:
+	@command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    { apt-get install -y -q haproxy >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q haproxy >/dev/null; }; }; } || \
+	  { echo "ncloud's front needs HAProxy: apt-get install haproxy"; exit 1; }
+
 demo: install
+	@$(MAKE) -s haproxy || echo "warning: no HAProxy; the demo runs behind Serve's own proxy"
 	$(PY) -m examples.demo
 
 # The strict run keeps its own cache: its results must not leak into the other runs'.
@@ -46,13 +56,13 @@ browser:
 	      { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }; } || \
 	  { echo "the tests need Chromium: apt-get install chromium chromium-driver"; exit 1; }
 
-test: install lint postgres browser
+test: install lint postgres browser haproxy
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 unit: install postgres
 	$(PY) -m pytest -q tests/unit
 
-integration: install browser
+integration: install browser haproxy
 	$(PY) -m pytest -q tests/integration
 
 # schemathesis against a live server, longer than the suite's run and with a new seed each time.
@@ -60,7 +70,8 @@ fuzz: install
 	NCLOUD_FUZZ_EXAMPLES=$${NCLOUD_FUZZ_EXAMPLES:-100} NCLOUD_FUZZ_SEED=$${NCLOUD_FUZZ_SEED:-$$RANDOM} \
 	  $(PY) -m pytest -q -s tests/integration/test_fuzz.py
 
-bench: install
+bench: install haproxy
+	$(PY) -m bench.serve
 	$(PY) -m bench.loader
 	$(PY) -m bench.train
 	$(PY) -m bench.queue

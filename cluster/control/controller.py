@@ -54,8 +54,10 @@ def _reply(fn: Callable[[], Any]) -> dict[str, Any]:
 class Controller:
     """Wrapped with ray.remote at deploy time (see cluster.deploy)."""
 
-    def __init__(self, db_url: str) -> None:
+    def __init__(self, db_url: str, front_cfg: dict[str, Any] | None = None) -> None:
         logging.basicConfig(level=logging.INFO)
+        if front_cfg is not None:  # first: the API's port answers while the rest starts
+            self.front = self._start_front(front_cfg)
         self.store = open_store(db_url)
         self.ingests: dict[int, threading.Thread] = {}
         self.tenant_lock = threading.Lock()  # create, resize, delete: one at a time
@@ -75,6 +77,18 @@ class Controller:
         # Made now, not on the first batch: batches a previous controller left Queued or
         # Running start again with this one.
         self.batching = batching.Batching(self.store)
+
+    @staticmethod
+    def _start_front(front_cfg: dict[str, Any]) -> Any:
+        from cluster.control import front
+
+        haproxy = front.binary()
+        if haproxy is None:
+            log.error("no HAProxy on the head: the API's port has no front")
+            return None
+        started = front.Front(front.FrontConfig(**front_cfg), haproxy)
+        started.start()
+        return started
 
     # -- reconciliation -----------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from cluster.control import lease, processes, schema, startup
+from cluster.control import front, lease, processes, schema, startup
 from cluster.control.attach import check_reachable, connect
 from cluster.core import accounts, storage
 from cluster.core.names import CONTROLLER, NAMESPACE, ON_HEAD, control_plane_env
@@ -160,6 +160,7 @@ def _start_head(
             start_new_session=True,
             env={
                 **SERVE_TUNING,
+                **(front.serve_env() if front.binary() else {}),
                 **os.environ,
                 **control_plane_env(),
                 "NCLOUD_CACHE_DIR": str(settings().cache_dir),
@@ -182,8 +183,13 @@ def _start_head(
     raise ServerError(f"the Ray head did not start within {START_TIMEOUT_S:g}s; see {log_path}")
 
 
-def deploy_control_plane(ray_address: str, api_host: str, api_port: int) -> None:
-    """Connect as a short-lived driver, start the controller and the API, disconnect."""
+def deploy_control_plane(
+    ray_address: str, api_host: str, api_port: int, with_front: bool = False
+) -> None:
+    """Connect as a short-lived driver, start the controller and the API, disconnect.
+
+    `with_front`: the local cluster's HAProxy front (cluster/control/front.py) takes the
+    API's port, started by the controller, and Serve's proxy moves to a loopback port."""
     import ray
     from ray import serve
 
@@ -199,6 +205,11 @@ def deploy_control_plane(ray_address: str, api_host: str, api_port: int) -> None
         log_to_driver=False,
         runtime_env={"env_vars": env},
     )
+    serve_host, serve_port, front_cfg = api_host, api_port, None
+    if with_front:
+        serve_host, serve_port = "127.0.0.1", free_ports(1, {api_port})[0]
+        folder = str(settings().home / "front")
+        front_cfg = asdict(front.FrontConfig(api_host, api_port, serve_port, folder))
     try:
         actor_class: Any = ray.remote(Controller)
         actor = actor_class.options(
@@ -211,9 +222,9 @@ def deploy_control_plane(ray_address: str, api_host: str, api_port: int) -> None
             num_cpus=0,
             resources=ON_HEAD,
             get_if_exists=True,
-        ).remote(env["NCLOUD_DB_URL"])
+        ).remote(env["NCLOUD_DB_URL"], front_cfg)
         ray.get(actor.ping.remote(), timeout=START_TIMEOUT_S)
-        serve.start(http_options={"host": api_host, "port": api_port})
+        serve.start(http_options={"host": serve_host, "port": serve_port})
         serve.run(api_application(env), name=APP_NAME, route_prefix=ROUTE_PREFIX)
         from serve.routes.deployments import fallback_application
 
@@ -319,7 +330,8 @@ def _start(
             # Said at once: a start killed from here on leaves a head that the next start
             # finds (alive, not answering) and ends before it starts its own.
             _write_state(api_url, address, dashboard_port, pid, log_path)
-        deploy_control_plane(address, api_host, api_port)
+        with_front = pid is not None and front.binary() is not None  # the local cluster's
+        deploy_control_plane(address, api_host, api_port, with_front)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not healthy(api_url):
             if time.monotonic() > deadline:

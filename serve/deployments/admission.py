@@ -18,38 +18,56 @@ WAIT_BUDGET_S = 0.5  # the longest a newly admitted input should wait for its an
 
 class Drain:
     """Answers of a busy replica in the last `window_s`: (when, seconds since the answer
-    before, inputs answered), counted only while inputs were waiting all along."""
+    before, inputs answered), counted only while inputs were waiting all along. Their sums
+    are kept as they come and go: the check runs twice a request, at a thousand a second."""
 
     def __init__(self, window_s: float = 2.0) -> None:
         self.window_s = window_s
         self._samples: deque[tuple[float, float, int]] = deque()
+        self._seconds = 0.0  # the samples' time, added up
+        self._inputs = 0  # the samples' inputs, added up
         self._last: float | None = None
         self._busy = False
+        self._per_input: float | None = None  # the last rate seen, however old
 
     def answered(self, inputs: int, still_waiting: int, now: float | None = None) -> None:
         """`inputs` were just answered and `still_waiting` others wait now."""
         now = time.monotonic() if now is None else now
         if self._last is not None and self._busy:
             self._samples.append((now, now - self._last, inputs))
+            self._seconds += now - self._last
+            self._inputs += inputs
         self._last, self._busy = now, still_waiting > 0
+        self._age(now)
+        if self._inputs:
+            self._per_input = self._seconds / self._inputs
+
+    def _age(self, now: float) -> None:
         while self._samples and self._samples[0][0] < now - self.window_s:
-            self._samples.popleft()
+            _, dt, n = self._samples.popleft()
+            self._seconds -= dt
+            self._inputs -= n
+        if not self._samples:
+            self._seconds, self._inputs = 0.0, 0
 
     def wait_s(self, inputs: int, now: float | None = None) -> float | None:
         """Seconds until `inputs` waiting inputs are all answered at the recent busy rate;
         None when there is no recent busy time to judge by."""
-        now = time.monotonic() if now is None else now
-        recent = [(dt, n) for when, dt, n in self._samples if when >= now - self.window_s]
-        answered = sum(n for _, n in recent)
-        if not answered:
+        self._age(time.monotonic() if now is None else now)
+        if not self._inputs:
             return None
-        return inputs * sum(dt for dt, _ in recent) / answered
+        return inputs * self._seconds / self._inputs
 
     def admits(self, waiting: int, more: int, unknown: int, now: float | None = None) -> bool:
         """Whether `more` inputs may join `waiting` ones within the budget. Into an empty
         queue always (one request is never refused for the speed of others); with no recent
-        rate to judge by (the start of a burst), up to `unknown` inputs (one batch)."""
+        rate to judge by (the start of a burst), up to `unknown` inputs (one batch), or as
+        many as the last rate seen would answer within the budget."""
         if waiting == 0:
             return True
         wait = self.wait_s(waiting + more, now)
-        return waiting + more <= unknown if wait is None else wait <= WAIT_BUDGET_S
+        if wait is not None:
+            return wait <= WAIT_BUDGET_S
+        if waiting + more <= unknown:
+            return True
+        return self._per_input is not None and (waiting + more) * self._per_input <= WAIT_BUDGET_S

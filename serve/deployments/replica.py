@@ -89,7 +89,9 @@ def model_application(
         # (a bound of 3 dropped the 4th of 8 simultaneous requests); past it the proxy
         # answers 503 with Retry-After in its own plain text.
         max_ongoing_requests=max(MAX_ONGOING_FLOOR, 4 * cfg.max_queue),
-        max_queued_requests=PROXY_QUEUE_FLOOR,
+        # With direct ingress (cluster/control/front.py) Serve counts a request queued in the
+        # replica from its arrival to its turn; 64 of them refused the 65th of 128 at once.
+        max_queued_requests=max(PROXY_QUEUE_FLOOR, MAX_ONGOING_FLOOR, 4 * cfg.max_queue),
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
         health_check_period_s=5,
         health_check_timeout_s=30,
@@ -123,6 +125,7 @@ def model_application(
             self.active = 0  # requests in the handler
             self.served = 0  # answered 200 since the last check_health wrote them down
             self.auth = AuthCache(AUTH_TTL_S)
+            self.checking: dict[tuple[str, str | None], asyncio.Future[str]] = {}
             self.failures = FailedAuth(settings().auth_failures_per_minute)
             log.info("model %s serving on %s (GPUs %s)", self.cfg.model_id, device, self.gpu_ids)
 
@@ -164,13 +167,25 @@ def model_application(
                 self.active -= 1
 
         async def _authorize(self, request: Request) -> None:
+            """A header checked in the last AUTH_TTL_S passes; otherwise one check in the
+            store per header at a time, which every request with that header waits for (each
+            second, all the requests in flight would otherwise each query the store)."""
             header = request.headers.get("authorization", "")
-            if not self.auth.fresh(header):
+            if self.auth.fresh(header):
+                return
+            address = request.client.host if request.client else None
+            key = (header, address)
+            checking = self.checking.get(key)
+            if checking is None:
                 cfg = self.cfg
                 check = functools.partial(authorize, self.store, cfg.tenant, cfg.model_id, request)
-                address = request.client.host if request.client else None
-                await asyncio.to_thread(self.failures.check, address, header, check)
-                self.auth.remember(header)
+                checking = asyncio.ensure_future(
+                    asyncio.to_thread(self.failures.check, address, header, check)
+                )
+                self.checking[key] = checking
+                checking.add_done_callback(lambda _: self.checking.pop(key, None))
+            await asyncio.shield(checking)
+            self.auth.remember(header)
 
         async def _info(self, request: Request) -> dict[str, Any]:
             await self._authorize(request)

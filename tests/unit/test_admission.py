@@ -37,3 +37,16 @@ def test_old_answers_age_out() -> None:
     drain.answered(1, still_waiting=1, now=1.0)  # a slow stretch: 1 input/s
     assert drain.wait_s(1, now=1.5) == 1.0
     assert drain.wait_s(1, now=3.5) is None
+
+
+def test_after_a_quiet_spell_the_last_rate_seen_still_admits_a_burst() -> None:
+    drain = Drain(window_s=2.0)
+    drain.answered(1, still_waiting=1, now=0.0)
+    for i in range(1, 101):
+        drain.answered(1, still_waiting=1, now=i * 0.001)  # 1,000 inputs/s while busy
+    drain.answered(1, still_waiting=0, now=0.2)
+    assert drain.wait_s(1, now=10.0) is None  # nothing recent
+    assert drain.admits(100, 28, unknown=32, now=10.0)  # 0.13 s at the last rate seen
+    assert not drain.admits(600, 1, unknown=32, now=10.0)  # 0.6 s: over the budget
+    fresh = Drain(window_s=2.0)
+    assert not fresh.admits(100, 28, unknown=32, now=10.0)  # never measured: one batch

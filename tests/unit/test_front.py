@@ -1,0 +1,72 @@
+"""The front's HAProxy config: what HAProxy itself says of it, and where each path goes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from cluster.control import front
+
+CFG = front.FrontConfig("127.0.0.1", 8000, 40123, "/tmp/ncloud-front-test")
+
+
+def _groups() -> list[SimpleNamespace]:
+    def group(prefix: str, *ports: int, protocol: str = "RequestProtocol.HTTP") -> SimpleNamespace:
+        targets = [SimpleNamespace(port=p) for p in ports]
+        return SimpleNamespace(route_prefix=prefix, protocol=protocol, targets=targets)
+
+    return [
+        group("/models", 30001),
+        group("/api/v1", 30000),
+        group("/models/1", 30004, 30003),
+        group("/models/10", 30005),
+        group("/models/1", 40000, protocol="RequestProtocol.GRPC"),
+        group("/ui"),  # no replica running: left to Serve's proxy
+    ]
+
+
+def test_routes_are_the_http_groups_with_their_ports() -> None:
+    routes = front.routes_from(_groups())
+    assert front.Route("/models/1", (30003, 30004)) in routes
+    assert all(r.ports != (40000,) for r in routes)  # gRPC is not the front's
+    assert front.Route("/ui", ()) in routes
+
+
+def test_longest_prefix_first_and_a_prefix_is_not_a_name_start() -> None:
+    text = front.render(CFG, front.routes_from(_groups()))
+    rules = [line.split()[1] for line in text.splitlines() if "use_backend" in line]
+    prefixes = [line.split("{ path ")[1].split()[0] for line in text.splitlines()
+                if "use_backend" in line]  # fmt: skip
+    assert prefixes == ["/models/10", "/models/1", "/api/v1", "/models"]
+    assert len(rules) == 4  # /ui, with no replica, falls to the default: Serve's proxy
+    assert "{ path /models/1 } || { path_beg /models/1/ }" in text  # /models/10 is not /models/1
+    assert "bind 127.0.0.1:8000" in text
+    assert text.count("server serve 127.0.0.1:40123 backup") == 4  # every route falls back
+    assert "default_backend serve" in text
+    assert "check inter" in text and "option httpchk GET /-/healthz" in text
+
+
+def test_error_pages_are_json_with_retry_after() -> None:
+    for status in front.ERRORS:
+        page = front.error_page(status)
+        head, _, body = page.partition("\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status} ")
+        assert "Retry-After: 1" in head and f"Content-Length: {len(body)}" in head
+        assert set(json.loads(body)) == {"code", "message"}
+
+
+def test_haproxy_accepts_the_config(tmp_path: Path) -> None:
+    haproxy = front.binary()
+    if haproxy is None:
+        pytest.skip("no HAProxy on this machine (make install puts it there)")
+    cfg = front.FrontConfig("127.0.0.1", 8000, 40123, str(tmp_path))
+    made = front.Front(cfg, haproxy)  # writes the error pages
+    made.config_path.write_text(front.render(cfg, front.routes_from(_groups())))
+    checked = subprocess.run(
+        [haproxy, "-c", "-f", str(made.config_path)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
