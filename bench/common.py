@@ -82,6 +82,7 @@ class Server:
         self.env.update({"NCLOUD_HOME": str(home), "NCLOUD_RC": str(home / "rc")})
         self.info: dict[str, Any] = {}
         self.ray_env: dict[str, str] = {}
+        self.start_s = float("nan")  # `ncloud server start`, to a ready API
 
     def cli(self, *args: str, timeout_s: float = 300) -> Any:
         proc = subprocess.run(
@@ -95,10 +96,12 @@ class Server:
 
     def start(self) -> None:
         ports = [str(free_port()) for _ in range(3)]
+        started = time.perf_counter()
         self.info = self.cli(
             "server", "start", "--cpus", str(self.cpus), "--port", ports[0],
             "--ray-port", ports[1], "--dashboard-port", ports[2], timeout_s=600,
         )  # fmt: skip
+        self.start_s = time.perf_counter() - started
         status = self.cli("server", "status")
         self.ray_env = {k: str(v) for k, v in (status.get("ray_env") or {}).items()}
         if "ray" in sys.modules:
@@ -116,6 +119,11 @@ class Server:
     @property
     def api_url(self) -> str:
         return str(self.info["api_url"])
+
+    @property
+    def serve_url(self) -> str:
+        """Serve's own proxy ("" when it has the API's port itself: no front)."""
+        return str(self.info.get("serve_url") or "")
 
     @property
     def log_path(self) -> Path:

@@ -102,13 +102,21 @@ def ray_finished(ray: Any, job: str) -> str | None:
     return status if status in RAY_TERMINAL else None
 
 
+def running_at(model: responses.ModelDetail) -> float | None:
+    """When the model's last run reached Running."""
+    found = [h["at"] for h in model["runs"][-1]["history"] if h["status"] == "Running"]
+    return parse_at(found[0]) if found else None
+
+
 def latency(
     server: Server, admin: Client, manifest: Path, tmp: Path, repeats: int, timeout_s: float
-) -> tuple[list[float], list[float]]:
-    """Seconds from submit to the first training forward: (platform runs, bare Ray jobs)."""
+) -> tuple[list[float], list[float], list[float]]:
+    """Seconds from submit to the first training forward (platform runs, bare Ray jobs), and
+    from submit to Running (platform runs)."""
     c = tenant_client(admin, "latency", 1, "1GiB")
     ds = upload(c, manifest, "latency-data")
     platform: list[float] = []
+    to_running: list[float] = []
     for i in range(repeats):
         t0 = time.time()
         model = c.models.train(f"latency-{i}", "probe.py", STAMP_SPEC, ds, epochs=1, batch_size=64)
@@ -119,7 +127,9 @@ def latency(
         if shown["status"] != "Completed":
             raise RuntimeError(f"latency model {model['id']} ended {shown['status']}: "
                                f"{shown.get('error')}")  # fmt: skip
-        print(f"  platform run {i + 1}: {platform[-1]:.2f}s", flush=True)
+        to_running.append((running_at(shown) or float("nan")) - t0)
+        print(f"  platform run {i + 1}: {platform[-1]:.2f}s (Running after "
+              f"{to_running[-1]:.2f}s)", flush=True)  # fmt: skip
     ray = ray_client(server)
     out = tmp / "ray-out"  # shared: the manifest is ingested by the first job, then cached
     bare: list[float] = []
@@ -137,7 +147,32 @@ def latency(
         if status != "SUCCEEDED":
             raise RuntimeError(f"ray job {job} ended {status}: {ray.get_job_logs(job)[-2000:]}")
         print(f"  ray job {i + 1}: {bare[-1]:.2f}s", flush=True)
-    return platform, bare
+    return platform, bare, to_running
+
+
+def api_latency(server: Server, c: Client, requests: int) -> dict[str, list[float]]:
+    """Seconds per `GET /api/v1/models` of the tenant's runs, one at a time on a kept
+    connection: through the API's port (the front), through Serve's own proxy (the API as a
+    plain Serve app has it), and `GET /health` through the front (HTTP with no store)."""
+    import httpx
+
+    headers = dict(c._http.headers)  # the tenant user's token and tenant
+    paths = {"models via front": (server.api_url, "/models")}
+    if server.serve_url:
+        paths["models via Serve proxy"] = (server.serve_url + "/api/v1", "/models")
+    paths["health via front"] = (server.api_url, "/health")
+    found: dict[str, list[float]] = {}
+    for label, (base, path) in paths.items():
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            for _ in range(20):  # warm: connections, caches
+                http.get(path).raise_for_status()
+            times = []
+            for _ in range(requests):
+                started = time.perf_counter()
+                http.get(path).raise_for_status()
+                times.append(time.perf_counter() - started)
+        found[label] = times
+    return found
 
 
 def admitted_at(model: responses.ModelDetail) -> float | None:
@@ -178,8 +213,9 @@ def check_runs(shown: Sequence[responses.ModelDetail], n: int) -> list[str]:
 
 def queue_throughput(
     admin: Client, manifest: Path, n: int, timeout_s: float
-) -> tuple[float, list[str]]:
-    """N tiny runs at once into a one-slot tenant: runs per second, and what went wrong."""
+) -> tuple[float, list[str], Client]:
+    """N tiny runs at once into a one-slot tenant: runs per second, what went wrong, and the
+    tenant's client."""
     c = tenant_client(admin, "queue", 1, "1GiB")
     ds = upload(c, manifest, "queue-data")
     priority: dict[int, int] = {}
@@ -200,11 +236,11 @@ def queue_throughput(
     except RuntimeError as exc:
         states = [m["status"] for m in c.models.list() if m["id"] in priority]
         counts = {s: states.count(s) for s in sorted(set(states))}
-        return 0.0, [f"{exc}: {counts}"]
+        return 0.0, [f"{exc}: {counts}"], c
     shown = [c.models.show(i) for i in sorted(priority)]
     problems = check_runs(shown, n) + order_violations(shown, priority)
     last = max(parse_at(m["ended_at"]) for m in shown if m["ended_at"] is not None)
-    return n / (last - t0), problems
+    return n / (last - t0), problems, c
 
 
 def ray_throughput(server: Server, m: int, timeout_s: float) -> float:
@@ -227,7 +263,8 @@ def ray_throughput(server: Server, m: int, timeout_s: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=100, help="tiny runs queued at once")
+    parser.add_argument("--runs", type=int, default=200, help="tiny runs queued at once")
+    parser.add_argument("--api-requests", type=int, default=300, help="GET /models timed")
     parser.add_argument("--ray-jobs", type=int, default=50, help="trivial Ray jobs at once")
     parser.add_argument("--repeats", type=int, default=5, help="latency samples of each kind")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for each wait")
@@ -241,11 +278,18 @@ def main() -> None:
         with private_server(keep=args.keep) as server:
             admin = server.admin()
             print(f"\n1) submit -> first training batch, {args.repeats} of each", flush=True)
-            ours, bare = latency(server, admin, manifest, tmp, args.repeats, args.timeout)
+            ours, bare, to_running = latency(
+                server, admin, manifest, tmp, args.repeats, args.timeout
+            )
             print(f"\n2) {args.runs} tiny runs at once into a tenant with one slot", flush=True)
-            rate, problems = queue_throughput(admin, manifest, args.runs, args.timeout)
-            print(f"\n3) {args.ray_jobs} trivial jobs straight to Ray Jobs", flush=True)
+            rate, problems, tenant = queue_throughput(admin, manifest, args.runs, args.timeout)
+            print(f"\n3) GET /api/v1/models of {args.runs} runs, {args.api_requests} times",
+                  flush=True)  # fmt: skip
+            api = api_latency(server, tenant, args.api_requests)
+            print(f"\n4) {args.ray_jobs} trivial jobs straight to Ray Jobs", flush=True)
             ray_rate = ray_throughput(server, args.ray_jobs, args.timeout)
+    print(f"\nserver start to a ready API: {server.start_s:.1f}s (target < 10 s): "
+          f"{verdict(server.start_s < 10)}")  # fmt: skip
     print("\nlatency, submit -> first training batch (s)")
     print(f"  {'':<10} {'first':>7} {'median':>7}  all")
     for label, xs in (("platform", ours), ("ray job", bare)):
@@ -253,11 +297,20 @@ def main() -> None:
               + " ".join(f"{x:.2f}" for x in xs))  # fmt: skip
     ratio = median(ours) / median(bare)
     print(f"  ratio platform/ray = {ratio:.2f} (target <= 1.00): {verdict(ratio <= 1.0)}")
+    print(f"  the first run after the start reached Running {to_running[0]:.2f}s after its "
+          f"submit (target < 1 s): {verdict(to_running[0] < 1.0)}; the others "
+          + " ".join(f"{x:.2f}" for x in to_running[1:]))  # fmt: skip
+    print(f"\nGET /api/v1/models with {args.runs} runs, one at a time (ms)")
+    for label, times in api.items():
+        ms = sorted(t * 1e3 for t in times)
+        print(f"  {label:<24} p50 {median(ms):6.2f}  p99 {ms[int(len(ms) * 0.99) - 1]:6.2f}")
+    p50 = median(api["models via front"]) * 1e3
+    print(f"  p50 through the front = {p50:.2f} ms (target < 10 ms): {verdict(p50 < 10)}")
     print("\nthroughput")
     print(f"  platform queue: {rate:.2f} runs/s ({args.runs} tiny training runs)")
     print(f"  ray jobs:       {ray_rate:.2f} jobs/s ({args.ray_jobs} x `python -c pass`)")
     speedup = rate / ray_rate if ray_rate else 0.0
-    print(f"  ratio queue/ray = {speedup:.2f}x (target >= 5x): {verdict(speedup >= 5)}")
+    print(f"  ratio queue/ray = {speedup:.2f}x (target >= 50x): {verdict(speedup >= 50)}")
     if problems:
         print(f"\nFAILED: {len(problems)} problem(s) with the queued runs:", file=sys.stderr)
         for p in problems[:20]:

@@ -195,13 +195,16 @@ class Front:
         return None
 
     def _launch(self) -> None:
-        # In the head's session (no session of its own): `ncloud server stop` ends it too.
+        # A process group of its own, so that Ray ending the controller's group (a kill -9
+        # of the controller) leaves the API answering; the next controller adopts it. In the
+        # head's session all the same: `ncloud server stop` ends it with the rest.
         log_file = open(self.folder / "haproxy.log", "ab")  # noqa: SIM115 (HAProxy's to keep)
         self.proc = subprocess.Popen(
             [self.haproxy, "-W", "-db", "-f", str(self.config_path)],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            process_group=0,
         )
         log_file.close()
         self.pid_path.write_text(str(self.proc.pid))

@@ -53,6 +53,7 @@ class ServerState:
     started_at: float
     home: str
     log: str
+    serve_url: str = ""  # Serve's own proxy, when the front (cluster/control/front.py) has the port
 
 
 def _state_path() -> Path:
@@ -106,7 +107,12 @@ def ray_auth_env() -> dict[str, str]:
 
 
 def _write_state(
-    api_url: str, address: str, dashboard_port: int, pid: int | None, log_path: Path
+    api_url: str,
+    address: str,
+    dashboard_port: int,
+    pid: int | None,
+    log_path: Path,
+    serve_port: int | None = None,
 ) -> ServerState:
     state = ServerState(
         api_url=api_url,
@@ -116,6 +122,7 @@ def _write_state(
         started_at=time.time(),
         home=str(settings().home),
         log=str(log_path),
+        serve_url=f"http://127.0.0.1:{serve_port}" if serve_port else "",
     )
     _state_path().write_text(json.dumps(asdict(state), indent=2))
     return state
@@ -184,12 +191,12 @@ def _start_head(
 
 
 def deploy_control_plane(
-    ray_address: str, api_host: str, api_port: int, with_front: bool = False
+    ray_address: str, api_host: str, api_port: int, serve_port: int | None = None
 ) -> None:
     """Connect as a short-lived driver, start the controller and the API, disconnect.
 
-    `with_front`: the local cluster's HAProxy front (cluster/control/front.py) takes the
-    API's port, started by the controller, and Serve's proxy moves to a loopback port."""
+    `serve_port`: the local cluster's HAProxy front (cluster/control/front.py) takes the
+    API's port, started by the controller, and Serve's proxy moves to this loopback port."""
     import ray
     from ray import serve
 
@@ -205,9 +212,9 @@ def deploy_control_plane(
         log_to_driver=False,
         runtime_env={"env_vars": env},
     )
-    serve_host, serve_port, front_cfg = api_host, api_port, None
-    if with_front:
-        serve_host, serve_port = "127.0.0.1", free_ports(1, {api_port})[0]
+    serve_host, serve_at, front_cfg = api_host, api_port, None
+    if serve_port is not None:
+        serve_host, serve_at = "127.0.0.1", serve_port
         folder = str(settings().home / "front")
         front_cfg = asdict(front.FrontConfig(api_host, api_port, serve_port, folder))
     try:
@@ -224,7 +231,7 @@ def deploy_control_plane(
             get_if_exists=True,
         ).remote(env["NCLOUD_DB_URL"], front_cfg)
         ray.get(actor.ping.remote(), timeout=START_TIMEOUT_S)
-        serve.start(http_options={"host": serve_host, "port": serve_port})
+        serve.start(http_options={"host": serve_host, "port": serve_at})
         serve.run(api_application(env), name=APP_NAME, route_prefix=ROUTE_PREFIX)
         from serve.routes.deployments import fallback_application
 
@@ -316,7 +323,7 @@ def _start(
     finally:
         store.dispose()
     log_path = s.home / "logs" / "server.log"
-    pid = None
+    pid, serve_port = None, None
     loopback = "127.0.0.1" if api_host in ("0.0.0.0", "::") else api_host
     api_url = f"http://{loopback}:{api_port}{API_PREFIX}"
     try:
@@ -327,11 +334,12 @@ def _start(
             os.environ.update(ray_auth_env())
             pid = _start_head(cpus, gpus, ray_port, dashboard_port, log_path)
             address = f"127.0.0.1:{ray_port}"
+            if front.binary() is not None:  # the local cluster's front takes the API's port
+                serve_port = free_ports(1, {api_port, ray_port, dashboard_port})[0]
             # Said at once: a start killed from here on leaves a head that the next start
             # finds (alive, not answering) and ends before it starts its own.
             _write_state(api_url, address, dashboard_port, pid, log_path)
-        with_front = pid is not None and front.binary() is not None  # the local cluster's
-        deploy_control_plane(address, api_host, api_port, with_front)
+        deploy_control_plane(address, api_host, api_port, serve_port)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not healthy(api_url):
             if time.monotonic() > deadline:
@@ -344,7 +352,7 @@ def _start(
         with contextlib.suppress(NcloudError):  # the start's own error is the one to say
             _release_lease(owner)
         raise
-    state = _write_state(api_url, address, dashboard_port, pid, log_path)
+    state = _write_state(api_url, address, dashboard_port, pid, log_path, serve_port)
     # Only now that the server answers: a start that fails leaves no admin whose one-time
     # token nobody saw (and `ncloud server admin-token --reset` mints another).
     store = schema.open_store(s.db_url)
