@@ -25,6 +25,7 @@ from ncloud import responses
 from ncloud.errors import Conflict, NcloudError, NotFound
 from ncloud.settings import settings
 
+WARM_AT_START = 4  # tenants whose first worker a start makes ready
 log = logging.getLogger("ncloud.controller")
 
 
@@ -77,6 +78,10 @@ class Controller:
         # Made now, not on the first batch: batches a previous controller left Queued or
         # Running start again with this one.
         self.batching = batching.Batching(self.store)
+        # The first worker (and its sandbox) of the tenants that ran last is made now, as a
+        # new tenant's is: the first run after a start finds one ready instead of waiting
+        # seconds. Not every tenant's: a thousand sandboxes at once would swamp the start.
+        threading.Thread(target=self._warm_recent, name="warm", daemon=True).start()
 
     @staticmethod
     def _start_front(front_cfg: dict[str, Any]) -> Any:
@@ -245,6 +250,17 @@ class Controller:
             return self._describe(tenant)
 
         return _reply(_one_at_a_time(self.tenant_lock, run))
+
+    def _warm_recent(self) -> None:
+        from jobs.models import state as models
+
+        try:
+            recent = models.recent_tenants(self.store, WARM_AT_START)
+        except NcloudError as exc:
+            log.error("could not read the tenants to warm: %s", exc.message)
+            return
+        for name in recent:
+            self._warm(name)
 
     def _warm(self, name: str) -> None:
         if settings().warm_workers:

@@ -187,12 +187,7 @@ class Front:
             log.error("the front (HAProxy) exited with %s: starting it again", self.proc.returncode)
             self.proc = None
             return None
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(self.pid_path.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if processes.running(pid) and str(self.config_path).encode() in cmdline:
-                return pid
-        return None
+        return left_running(self.folder)
 
     def _launch(self) -> None:
         # A process group of its own, so that Ray ending the controller's group (a kill -9
@@ -220,6 +215,33 @@ class Front:
                 with contextlib.suppress(Exception):
                     self.sync(self.routes)
             time.sleep(POLL_S)
+
+
+def left_running(folder: Path) -> int | None:
+    """The PID of the HAProxy master that a Front on `folder` started, if it still runs."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((folder / "haproxy.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if processes.running(pid) and str(folder / "haproxy.cfg").encode() in cmdline:
+            return pid
+    return None
+
+
+def stop_left(folder: Path) -> None:
+    """End the front a dead head left behind: it would hold the API's port (its master and
+    workers are one process group)."""
+    pid = left_running(folder)
+    if pid is None:
+        return
+    log.warning("ending the front (HAProxy, pid %s) a previous server left running", pid)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signum)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and processes.running(pid):
+            time.sleep(0.1)
+        if not processes.running(pid):
+            return
 
 
 def _target_groups() -> list[Any]:

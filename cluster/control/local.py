@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,8 @@ def _start_head(
     if gpus is not None:
         args.append(f"--num-gpus={gpus}")
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # The log is appended to across starts: only what this start writes says it is up.
+    offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             args,
@@ -183,9 +186,11 @@ def _start_head(
             raise ServerError(
                 f"the Ray head exited with {proc.returncode}; log {log_path}:\n{tail}"
             )
-        if "This command will now block" in log_path.read_text(errors="replace"):
-            return proc.pid
-        time.sleep(0.5)
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            if b"This command will now block" in log.read():
+                return proc.pid
+        time.sleep(0.1)
     processes.kill_session(proc.pid)
     raise ServerError(f"the Ray head did not start within {START_TIMEOUT_S:g}s; see {log_path}")
 
@@ -230,17 +235,26 @@ def deploy_control_plane(
             resources=ON_HEAD,
             get_if_exists=True,
         ).remote(env["NCLOUD_DB_URL"], front_cfg)
-        ray.get(actor.ping.remote(), timeout=START_TIMEOUT_S)
-        serve.start(http_options={"host": serve_host, "port": serve_at})
-        serve.run(api_application(env), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+        # Serve and the API start while the controller does (it waits for the API before it
+        # touches Serve); the start waits for the API alone: the dashboard and the answer
+        # for models with no deployment come up a second or two later, in the background.
         from serve.routes.deployments import fallback_application
-
-        serve.run(fallback_application(env), name="ncloud-models", route_prefix="/models")
         from serve.ui.app import APP_NAME as UI_NAME
         from serve.ui.app import ROUTE_PREFIX as UI_PREFIX
         from serve.ui.app import ui_application
 
-        serve.run(ui_application(env), name=UI_NAME, route_prefix=UI_PREFIX)
+        serve.start(http_options={"host": serve_host, "port": serve_at})
+        serve.run(api_application(env), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+        serve.run_many(
+            [
+                serve.RunTarget(
+                    fallback_application(env), name="ncloud-models", route_prefix="/models"
+                ),
+                serve.RunTarget(ui_application(env), name=UI_NAME, route_prefix=UI_PREFIX),
+            ],
+            wait_for_applications_running=False,
+        )
+        ray.get(actor.ping.remote(), timeout=START_TIMEOUT_S)
     finally:
         ray.shutdown()
 
@@ -298,18 +312,15 @@ def _start(
     if state is not None and state.pid is not None and processes.alive(state.pid):
         # A head left without a control plane (say, after the API was killed): start clean.
         processes.kill_session(state.pid)
+    if address is None:  # a head killed whole (kill -9) leaves its front on the API's port
+        front.stop_left(settings().home / "front")
     s = settings()
-    if not s.single_tenant:  # fail closed: no sandbox, no tenant code
-        from jobs.sandbox.launch import self_test
-        from jobs.sandbox.policy import SandboxUnavailable
-
-        try:
-            self_test()
-        except SandboxUnavailable as exc:
-            raise SandboxUnavailable(
-                f"{exc.message}. Tenant code runs only in a sandbox, so the server does not "
-                "start; on a one-person machine, --single-tenant runs it unsandboxed"
-            ) from exc
+    if address is None:
+        # Sandboxes of a head that is gone left their folders: nothing on this node uses them.
+        shutil.rmtree(s.sandbox_dir, ignore_errors=True)
+    # The sandbox's self-test (a second and a half) runs while the head starts; the API is
+    # not deployed until it has passed, so no tenant code runs without a sandbox.
+    checked = None if s.single_tenant else ThreadPoolExecutor(1).submit(_check_sandbox)
     if address is not None:
         check_reachable(address)
     else:
@@ -328,10 +339,10 @@ def _start(
     api_url = f"http://{loopback}:{api_port}{API_PREFIX}"
     try:
         if address is None:
-            # Sandboxes of a head that is gone left their folders: nothing on this node
-            # uses them.
-            shutil.rmtree(s.sandbox_dir, ignore_errors=True)
             os.environ.update(ray_auth_env())
+            # The driver's imports (Ray, Serve, the applications: a second) while the head
+            # starts.
+            imported = ThreadPoolExecutor(1).submit(_import_control_plane)
             pid = _start_head(cpus, gpus, ray_port, dashboard_port, log_path)
             address = f"127.0.0.1:{ray_port}"
             if front.binary() is not None:  # the local cluster's front takes the API's port
@@ -339,12 +350,15 @@ def _start(
             # Said at once: a start killed from here on leaves a head that the next start
             # finds (alive, not answering) and ends before it starts its own.
             _write_state(api_url, address, dashboard_port, pid, log_path)
+            imported.result()
+        if checked is not None:
+            checked.result()  # fail closed: no sandbox, no tenant code
         deploy_control_plane(address, api_host, api_port, serve_port)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not healthy(api_url):
             if time.monotonic() > deadline:
                 raise ServerError(f"the API did not answer at {api_url}; see {log_path}")
-            time.sleep(0.5)
+            time.sleep(0.1)
     except BaseException:
         if pid is not None:
             processes.kill_session(pid)
@@ -361,6 +375,26 @@ def _start(
     finally:
         store.dispose()
     return {**asdict(state), "admin_token": admin_token}
+
+
+def _check_sandbox() -> None:
+    from jobs.sandbox.launch import self_test
+    from jobs.sandbox.policy import SandboxUnavailable
+
+    try:
+        self_test()
+    except SandboxUnavailable as exc:
+        raise SandboxUnavailable(
+            f"{exc.message}. Tenant code runs only in a sandbox, so the server does not "
+            "start; on a one-person machine, --single-tenant runs it unsandboxed"
+        ) from exc
+
+
+def _import_control_plane() -> None:
+    import importlib
+
+    for name in ("ray.serve", "cluster.control.controller", "serve.app", "serve.ui.app"):
+        importlib.import_module(name)
 
 
 def reset_admin_token() -> dict[str, Any]:

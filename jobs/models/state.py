@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
     insert,
     select,
     update,
@@ -277,6 +278,20 @@ def runs_in(store: Store, statuses: set[RunStatus]) -> list[Run]:
             .order_by(runs.c.priority.desc(), runs.c.id)
         ).all()
     return [run_of(r._mapping["tenant_name"], r) for r in rows]
+
+
+def recent_tenants(store: Store, n: int) -> list[str]:
+    """The `n` tenants (across tenants: for the controller) whose runs were queued last."""
+    latest = func.max(runs.c.id).label("latest")
+    query = (
+        select(accounts.tenants.c.name, latest)
+        .join(accounts.tenants, accounts.tenants.c.id == runs.c.tenant_id)
+        .group_by(accounts.tenants.c.name)
+        .order_by(latest.desc())
+        .limit(n)
+    )
+    with store.read() as conn:
+        return [str(row[0]) for row in conn.execute(query).all()]
 
 
 def options_of(store: Store, model_ids: list[int]) -> dict[int, TrainOptions]:

@@ -233,3 +233,13 @@ def test_a_rank_silent_past_its_stop_deadline_is_overdue(monkeypatch) -> None:  
     active.refs.pop("ref0")
     active.unreachable.clear()
     assert active.overdue() == [2]  # rank 0 answered; rank 1 is back in reach and answered
+
+
+def test_the_tenants_that_ran_last_come_first_and_only_n_of_them(store) -> None:  # type: ignore[no-untyped-def]
+    for name in ("u", "v", "w"):
+        accounts.create_tenant(store, name, 1, 0, 0)
+    opts = TrainOptions(epochs=1, batch_size=8)
+    for tenant, name in (("t", "a"), ("u", "b"), ("v", "c"), ("t", "d")):
+        models.create(store, tenant, name, "net.yaml", "layers: []", 1, None, None, opts)
+    assert models.recent_tenants(store, 2) == ["t", "v"]  # w never ran: not warmed at all
+    assert models.recent_tenants(store, 10) == ["t", "v", "u"]
