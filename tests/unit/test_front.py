@@ -48,6 +48,12 @@ def test_longest_prefix_first_and_a_prefix_is_not_a_name_start() -> None:
     assert text.count("server serve 127.0.0.1:40123 backup") == 4  # every route falls back
     assert "default_backend serve" in text
     assert "check inter" in text and "option httpchk GET /-/healthz" in text
+    # A model's replicas take MODEL_MAXCONN at a time, the rest wait in HAProxy; the API's
+    # (long uploads) and the /models fallback's do not.
+    model = text.split("backend route1\n")[1].split("backend ")[0]  # /models/1
+    assert f"maxconn {front.MODEL_MAXCONN}" in model and "timeout queue" in model
+    api = text.split("backend route2\n")[1].split("backend ")[0]  # /api/v1
+    assert "maxconn" not in api and "timeout queue" not in api
 
 
 def test_error_pages_are_json_with_retry_after() -> None:
