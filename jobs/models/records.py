@@ -4,6 +4,7 @@ the run statuses and which may follow which."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -85,6 +86,13 @@ class Run:
         return f"m{self.model_id}-a{self.attempt}-r{self.restarts}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _options(text: str, volume_id: int | None) -> TrainOptions:
+    """Stored options, decoded once per distinct text: a listing of 200 models decoded the
+    same few texts 200 times (TrainOptions is frozen, so sharing one is safe)."""
+    return stored_options(json.loads(text), volume_id)
+
+
 def model_of(tenant: str, row: Any) -> Model:
     m = row._mapping
     return Model(
@@ -96,7 +104,7 @@ def model_of(tenant: str, row: Any) -> Model:
         m["train_dataset_id"],
         m["valid_dataset_id"],
         m["volume_id"],
-        stored_options(json.loads(m["options"]), m["volume_id"]),
+        _options(m["options"], m["volume_id"]),
         m["created_at"],
     )
 
