@@ -19,6 +19,7 @@ from typing import Any
 
 from cluster.control import lease, schema
 from cluster.core import accounts, reservations
+from cluster.core.names import NAMESPACE
 from cluster.core.reservations import Resources
 from cluster.core.store import open_store
 from ncloud import responses
@@ -252,15 +253,25 @@ class Controller:
         return _reply(_one_at_a_time(self.tenant_lock, run))
 
     def _warm_recent(self) -> None:
+        """After a start, not after a restart of this actor alone: a tenant whose first
+        worker is alive (detached, it outlives the controller) is left alone, since making
+        a handle to it while the scheduler re-attaches its runs cost a run a restart
+        (tests/integration/test_chaos.py)."""
+        import ray
+
         from jobs.models import state as models
+        from jobs.training import pool
 
         try:
             recent = models.recent_tenants(self.store, WARM_AT_START)
+            for name in recent:
+                group = accounts.get_tenant(self.store, name).placement_group
+                try:
+                    ray.get_actor(pool.worker_name(group, 0), namespace=NAMESPACE)
+                except ValueError:  # no worker: this is a start
+                    self._warm(name)
         except NcloudError as exc:
-            log.error("could not read the tenants to warm: %s", exc.message)
-            return
-        for name in recent:
-            self._warm(name)
+            log.error("could not warm the tenants that ran last: %s", exc.message)
 
     def _warm(self, name: str) -> None:
         if settings().warm_workers:
