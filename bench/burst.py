@@ -38,7 +38,7 @@ from bench.serve import (
     model_files,
     peer_apps,
     read_inputs,
-    serve_proxy_port,
+    serve_proxy,
     train_and_deploy,
 )
 from examples.digits import make_digits
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace, data: Path) -> list[Burst]:
         name = "plain-batched"
         serve.run(peer_apps(spec_text, meta, state)[name], name=name, route_prefix=PEERS[name])
         # The peer as a Ray user has it: through Serve's own proxy (not the platform's front).
-        peer = Target(name, f"http://127.0.0.1:{serve_proxy_port(ray)}{PEERS[name]}", {})
+        peer = Target(name, f"{serve_proxy(server)}{PEERS[name]}", {})
         platform = Target("platform", url, {"Authorization": f"Bearer {token}"})
         print(f"burst: {args.clients} connections at once x {args.each} requests each "
               f"({args.clients * args.each} per target), {TIMEOUT_S:g}s client time-out",

@@ -272,12 +272,10 @@ def measure(
     return drive(target, inputs, concurrency, args.requests, args.budget)
 
 
-def serve_proxy_port(ray: Any) -> int:
-    """The port of Serve's own HTTP proxy in the server's cluster."""
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    return int(ray.get(controller.get_http_config.remote(), timeout=30).port)
+def serve_proxy(server: Server) -> str:
+    """Serve's own proxy: its port of its own beside the front, or the API's when there is
+    no front (then it has that port itself)."""
+    return server.serve_url or server.api_url.removesuffix("/api/v1")
 
 
 class Ceiling:
@@ -348,7 +346,7 @@ def run(args: argparse.Namespace, data: Path, spec_text: str) -> tuple[list[Leve
 
         # The peers as a Ray user has them: through Serve's own proxy (the platform's front,
         # cluster/control/front.py, has it on a port of its own).
-        base = f"http://127.0.0.1:{serve_proxy_port(ray)}"
+        base = serve_proxy(server)
         targets = [Target("platform", url, {"Authorization": f"Bearer {token}"})]
         targets += [Target(name, f"{base}{route}", {}) for name, route in PEERS.items()]
         deployed: list[str] = []

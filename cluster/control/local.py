@@ -130,8 +130,15 @@ def _write_state(
 
 
 def _start_head(
-    cpus: int | None, gpus: int | None, ray_port: int, dashboard_port: int, log_path: Path
+    cpus: int | None,
+    gpus: int | None,
+    ray_port: int,
+    dashboard_port: int,
+    log_path: Path,
+    serve_port: int | None,
 ) -> int:
+    """`serve_port`: where Serve's proxy goes when the front has the API's port (None: no
+    front, so no direct ingress either)."""
     ray_bin = Path(sys.executable).parent / "ray"
     temp_dir = (
         Path("/tmp") / f"ncloud-{hashlib.sha1(str(settings().home).encode()).hexdigest()[:8]}"
@@ -170,7 +177,7 @@ def _start_head(
             start_new_session=True,
             env={
                 **SERVE_TUNING,
-                **(front.serve_env() if front.binary() else {}),
+                **(front.serve_env() if serve_port is not None else {}),
                 **os.environ,
                 **control_plane_env(),
                 "NCLOUD_CACHE_DIR": str(settings().cache_dir),
@@ -343,10 +350,10 @@ def _start(
             # The driver's imports (Ray, Serve, the applications: a second) while the head
             # starts.
             imported = ThreadPoolExecutor(1).submit(_import_control_plane)
-            pid = _start_head(cpus, gpus, ray_port, dashboard_port, log_path)
-            address = f"127.0.0.1:{ray_port}"
             if front.binary() is not None:  # the local cluster's front takes the API's port
                 serve_port = free_ports(1, {api_port, ray_port, dashboard_port})[0]
+            pid = _start_head(cpus, gpus, ray_port, dashboard_port, log_path, serve_port)
+            address = f"127.0.0.1:{ray_port}"
             # Said at once: a start killed from here on leaves a head that the next start
             # finds (alive, not answering) and ends before it starts its own.
             _write_state(api_url, address, dashboard_port, pid, log_path)
