@@ -44,6 +44,9 @@ tenants = Table(
     # Bumped on every resize so that the new placement group gets a fresh name.
     Column("generation", Integer, nullable=False, default=1),
     Column("created_at", DateTime, nullable=False),
+    # Ids are never reused on SQLite either (PostgreSQL's sequences never do): a removed
+    # tenant's id, or its model's, must not name a newer one's storage, app or route.
+    sqlite_autoincrement=True,
 )
 
 users = Table(

@@ -77,6 +77,7 @@ batch_predictions = Table(
     Column("volumes", Text),  # JSON: [{"id", "path"}] the network reads, read-only
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    sqlite_autoincrement=True,  # its result file is named after the id
 )
 
 

@@ -76,6 +76,7 @@ datasets = Table(
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     UniqueConstraint("tenant_id", "name"),
+    sqlite_autoincrement=True,  # its storage prefix and shards are named after the id
 )
 
 

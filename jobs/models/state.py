@@ -57,6 +57,9 @@ models = Table(
     Column("options", Text, nullable=False),  # JSON: see TrainOptions
     Column("created_at", DateTime, nullable=False),
     UniqueConstraint("tenant_id", "name"),
+    # Never reuse a removed model's id: its Serve application, route and storage are named
+    # after it (a stale undeploy of the old one would remove the new one).
+    sqlite_autoincrement=True,
 )
 
 runs = Table(
@@ -84,6 +87,7 @@ runs = Table(
     Column("started_at", DateTime),
     Column("ended_at", DateTime),
     UniqueConstraint("model_id", "attempt"),
+    sqlite_autoincrement=True,
 )
 
 

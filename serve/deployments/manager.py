@@ -123,6 +123,8 @@ class Serving:
             )
             deadline = time.monotonic() + DEPLOY_TIMEOUT_S
             while True:
+                if not self._still_deploying(dep):
+                    return  # undeployed or removed meanwhile: that path deletes the app
                 status = serve.status().applications.get(dep.app_name)
                 state = str(getattr(status, "status", ""))
                 if state.endswith("RUNNING"):
@@ -137,9 +139,8 @@ class Serving:
             log.info("model %s deployed", dep.model_id)
         except Exception as exc:
             log.exception("deploying model %s failed", dep.model_id)
-            self._delete_app(dep.app_name)
-            now = deployments.find(self.store, dep.tenant, dep.model_id)
-            if now is not None and now.status is DeploymentStatus.DEPLOYING:  # not undeployed
+            if self._still_deploying(dep):  # not undeployed, nor its tenant removed
+                self._delete_app(dep.app_name)
                 deployments.move(
                     self.store,
                     dep.tenant,
@@ -147,6 +148,10 @@ class Serving:
                     DeploymentStatus.FAILED,
                     error=str(exc)[:4000],
                 )
+
+    def _still_deploying(self, dep: deployments.Deployment) -> bool:
+        now = deployments.find(self.store, dep.tenant, dep.model_id)
+        return now is not None and now.status is DeploymentStatus.DEPLOYING
 
     def _gpu_resources(self, dep: deployments.Deployment) -> dict[str, float]:
         """The GPU of the replica's bundle, taken from the tenant's reservation itself."""

@@ -103,3 +103,25 @@ def test_first_admin_is_created_once(store: Store) -> None:
     token = accounts.ensure_admin(store)
     assert token is not None and tokens.authenticate(store, token).is_admin
     assert accounts.ensure_admin(store) is None
+
+
+def test_a_removed_tenants_id_is_never_given_again(store: Store) -> None:
+    """On SQLite too: a new tenant (or model, dataset, run, batch) must not take the id of
+    a removed one, whose storage, Serve application and route were named after it."""
+    accounts.create_tenant(store, "first", 1, 0, 0)
+    removed = accounts.create_tenant(store, "second", 1, 0, 0)
+    accounts.delete_tenant(store, "second", force=False, owned=())
+    again = accounts.create_tenant(store, "second", 1, 0, 0)
+    assert again.id > removed.id
+
+
+def test_every_table_named_by_id_never_reuses_one() -> None:
+    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.schema import CreateTable
+
+    from cluster.control import schema  # noqa: F401  (imports every table)
+    from cluster.core.store import metadata
+
+    for name in ("tenants", "models", "runs", "datasets", "volumes", "batch_predictions"):
+        ddl = str(CreateTable(metadata.tables[name]).compile(dialect=sqlite.dialect()))
+        assert "AUTOINCREMENT" in ddl, name
