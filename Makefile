@@ -76,6 +76,7 @@ bench: install haproxy
 	$(PY) -m bench.train
 	$(PY) -m bench.queue
 	$(PY) -m bench.sandbox
+	$(PY) -m bench.upload
 
 clean:
 	rm -rf $(VENV) build *.egg-info

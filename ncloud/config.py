@@ -31,6 +31,26 @@ def api_url(host: str) -> str:
     return host if host.endswith(API_PREFIX) else f"{host}{API_PREFIX}"
 
 
+def check_host(host: str) -> str:
+    """A host as users write it, refused (exit 2) unless it reads as an http(s) URL."""
+    from urllib.parse import urlsplit
+
+    from ncloud.errors import UsageError
+
+    raw = host.strip()
+    url = raw if "://" in raw else f"http://{raw}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise UsageError(f"--host {host!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in host.strip():
+        raise UsageError(f"--host {host!r} is not a URL such as http://127.0.0.1:8000")
+    if parts.query or parts.fragment or (port is not None and port == 0):
+        raise UsageError(f"--host {host!r} is not a URL such as http://127.0.0.1:8000")
+    return api_url(raw)
+
+
 def read_rc(path: Path | None = None) -> dict[str, str]:
     path = path or settings().rc_path
     if not path.exists():

@@ -29,6 +29,13 @@ class FileSize(TypedDict):
     bytes: int
 
 
+class Stored(TypedDict):
+    """What an archive of files stored: how many, their bytes."""
+
+    files: int
+    bytes: int
+
+
 class User(TypedDict):
     email: str
     admin: bool

@@ -1,8 +1,12 @@
-"""Client side of file uploads: parallel streamed PUTs with a rich progress bar."""
+"""Client side of file uploads, with a rich progress bar: small files packed many to an
+uncompressed tar per request, large ones streamed one per PUT, several requests at once."""
 
 from __future__ import annotations
 
+import io
 import os
+import stat
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,12 +25,19 @@ from ncloud.errors import InvalidInput
 from ncloud.render import err
 
 CHUNK = 1 << 20
+# Files under PACK_BELOW travel in archives of up to PACK_BYTES or PACK_FILES files (well
+# under the server's MAX_ARCHIVE_BYTES and MAX_ARCHIVE_FILES).
+PACK_BELOW = 1 << 20
+PACK_BYTES = 8 << 20
+PACK_FILES = 1000
 
 
 def manifest_files(manifest_path: Path) -> tuple[list[tuple[Path, str]], list[str]]:
     """(local path, name) of the files a manifest names that exist next to it; the missing names.
 
-    A name that resolves outside the manifest's folder is refused.
+    A name that resolves outside the manifest's folder is refused. The manifest's own
+    parser has refused names that escape it as written (`..`, absolute), so a file needs
+    the slow look through links only when it, or a folder on its way, is one.
     """
     from ncloud.manifest import file_columns, read_manifest
 
@@ -34,12 +45,20 @@ def manifest_files(manifest_path: Path) -> tuple[list[tuple[Path, str]], list[st
     manifest = read_manifest(str(manifest_path.resolve()))
     names = sorted({row.cells[col] for col in file_columns(manifest) for row in manifest.rows})
     found, missing = [], []
+    folders: dict[str, bool] = {}  # folder -> it resolves inside root
     for name in names:
         path = root / name
-        if not path.exists():
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
             missing.append(name)
             continue
-        check_inside(root, path)
+        folder = os.path.dirname(path)
+        inside = folders.get(folder)
+        if inside is None:
+            inside = folders[folder] = Path(folder).resolve().is_relative_to(root)
+        if not inside or not stat.S_ISREG(info.st_mode):
+            check_inside(root, path)  # a link: follow it, refusing one out of root
         found.append((path, Path(name).as_posix()))
     return found, missing
 
@@ -84,14 +103,54 @@ def _read(path: Path, advance: Callable[[int], None]) -> Iterator[bytes]:
             yield chunk
 
 
+def pack(files: list[tuple[Path, str]]) -> bytes:
+    """An uncompressed tar of (local path, remote name): regular files, mode 0644, no owner."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, name in files:
+            with open(path, "rb") as handle:
+                info = tarfile.TarInfo(name)
+                info.size = os.fstat(handle.fileno()).st_size
+                info.mode = 0o644
+                tar.addfile(info, handle)
+    return buffer.getvalue()
+
+
+Job = tuple[list[tuple[Path, str]], int]  # files, their bytes
+
+
+def plan(files: list[tuple[Path, str]], packed: bool) -> list[Job]:
+    """The requests an upload makes: small files grouped into archives, each large one
+    alone (all alone when the server takes no archives)."""
+    jobs: list[Job] = []
+    batch: list[tuple[Path, str]] = []
+    batch_bytes = 0
+    for path, name in files:
+        size = path.stat().st_size
+        if not packed or size >= PACK_BELOW:
+            jobs.append(([(path, name)], size))
+            continue
+        if batch and (batch_bytes + size > PACK_BYTES or len(batch) >= PACK_FILES):
+            jobs.append((batch, batch_bytes))
+            batch, batch_bytes = [], 0
+        batch.append((path, name))
+        batch_bytes += size
+    if batch:
+        jobs.append((batch, batch_bytes))
+    return jobs
+
+
 def upload_files(
     files: list[tuple[Path, str]],
     put: Callable[[str, Iterator[bytes], int], object],
     parallel: int = 4,
     label: str = "uploading",
+    put_many: Callable[[bytes], object] | None = None,
 ) -> None:
-    """PUT each (local path, remote name) through put(name, chunks, size), in parallel."""
-    total = sum(p.stat().st_size for p, _ in files)
+    """Send each (local path, remote name), `parallel` requests at a time: put(name, chunks,
+    size) streams one file; put_many(archive), when given, takes a tar of many small ones."""
+    jobs = plan(files, put_many is not None)
+    total = sum(size for _, size in jobs)
     columns = (
         TextColumn("{task.fields[files]}"),
         TextColumn(f"[bold]{label}"),
@@ -104,14 +163,21 @@ def upload_files(
         by_bytes = progress.add_task("bytes", total=total or 1, files=f"0/{len(files)} files")
         started, done = time.monotonic(), [0]
 
-        def one(path: Path, name: str) -> None:
-            put(name, _read(path, lambda n: progress.advance(by_bytes, n)), path.stat().st_size)
-            done[0] += 1
+        def one(job: Job) -> None:
+            batch, size = job
+            if len(batch) == 1 and (put_many is None or size >= PACK_BELOW):
+                path, name = batch[0]
+                put(name, _read(path, lambda n: progress.advance(by_bytes, n)), size)
+            else:
+                assert put_many is not None
+                put_many(pack(batch))
+                progress.advance(by_bytes, size)
+            done[0] += len(batch)
             rate = done[0] / max(time.monotonic() - started, 1e-3)
             progress.update(by_bytes, files=f"{done[0]}/{len(files)} files, {rate:.0f} files/s")
 
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = [pool.submit(one, p, n) for p, n in files]
+            futures = [pool.submit(one, job) for job in jobs]
             for future in as_completed(futures):
                 future.result()
         progress.update(by_bytes, completed=total or 1)

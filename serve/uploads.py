@@ -1,9 +1,10 @@
-"""Receive a streamed file upload into storage with bounded memory."""
+"""Receive a streamed file upload, or a tar of many files, into storage with bounded memory."""
 
 from __future__ import annotations
 
+import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from fastapi import Request
@@ -11,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cluster.core import storage
 from ncloud.errors import InvalidInput, PayloadTooLarge
+from ncloud.protocol import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_FILES
 from ncloud.settings import settings
 from ncloud.validation import format_size
 
@@ -44,21 +46,98 @@ async def manifest_body(request: Request) -> bytes:
     return b"".join(parts)
 
 
-async def receive_file(request: Request, url: str) -> int:
-    """Spool the request body to a local temp file (never all in memory), then store it."""
-    limit = settings().max_file_bytes
+async def _spool(request: Request, spool: IO[bytes], limit: int, what: str) -> int:
+    """The request body into spool, refused past limit (by the length it declares first)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(
-            f"file is {format_size(int(declared))}, over the {format_size(limit)} limit"
+            f"{what} is {format_size(int(declared))}, over the {format_size(limit)} limit"
         )
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"{what} is over the {format_size(limit)} limit")
+        spool.write(chunk)
+    if declared is not None and declared.isdigit() and received != int(declared):
+        raise InvalidInput(f"upload ended after {received} of {declared} bytes; send it again")
+    return received
+
+
+async def receive_file(request: Request, url: str) -> int:
+    """Spool the request body to a local temp file (never all in memory), then store it."""
+    limit = settings().max_file_bytes
     with tempfile.TemporaryFile() as spool:
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise PayloadTooLarge(f"file is over the {format_size(limit)} limit")
-            spool.write(chunk)
-        if declared is not None and declared.isdigit() and received != int(declared):
-            raise InvalidInput(f"upload ended after {received} of {declared} bytes; send it again")
+        await _spool(request, spool, limit, "file")
         return await run_in_threadpool(storage.write_stream, url, _chunks(spool), limit)
+
+
+# Where an archive's member goes: its canonical name and storage URL, or an error (4xx).
+Target = Callable[[str], tuple[str, str]]
+
+
+async def receive_archive(request: Request, target: Target) -> dict[str, int]:
+    """A tar of many files (the client packs a folder's small files so), spooled like a file.
+
+    Every member is checked before any is stored: only regular files, each under the file
+    limit, each name accepted by `target`, no name twice. Then each is stored as one PUT
+    would store it. Returns name -> bytes stored.
+    """
+    limit = settings().max_file_bytes
+    with tempfile.TemporaryFile() as spool:
+        await _spool(request, spool, archive_limit(), "archive")
+        return await run_in_threadpool(_store_members, spool, target, limit)
+
+
+def archive_limit() -> int:
+    return max(settings().max_file_bytes, MAX_ARCHIVE_BYTES)
+
+
+def _store_members(spool: IO[bytes], target: Target, limit: int) -> dict[str, int]:
+    spool.seek(0)
+    try:
+        with tarfile.open(fileobj=spool, mode="r:") as tar:
+            planned = _plan(tar, target, limit)
+            stored = {}
+            for member, name, url in planned:
+                handle = tar.extractfile(member)
+                if handle is None:  # _plan let only regular files through
+                    raise InvalidInput(f"archive member {member.name!r} has no data")
+                chunks = iter(lambda h=handle: h.read(storage.CHUNK), b"")  # type: ignore[misc]
+                stored[name] = storage.write_stream(url, chunks, limit)
+            return stored
+    except tarfile.TarError as exc:
+        raise InvalidInput(f"the body is not a readable tar archive: {exc}") from None
+
+
+def _plan(
+    tar: tarfile.TarFile, target: Target, limit: int
+) -> list[tuple[tarfile.TarInfo, str, str]]:
+    planned: list[tuple[tarfile.TarInfo, str, str]] = []
+    seen: set[str] = set()
+    folders: set[str] = set()
+    for member in tar:
+        if member.isdir():
+            continue
+        if not member.isreg() or member.issparse():
+            raise InvalidInput(
+                f"archive member {member.name!r} is a link, device or sparse file: "
+                "only regular files may be uploaded"
+            )
+        if member.size > limit:
+            raise PayloadTooLarge(
+                f"archive member {member.name!r} is {format_size(member.size)}, over the "
+                f"{format_size(limit)} limit"
+            )
+        name, url = target(member.name)
+        if name in seen or name in folders:
+            raise InvalidInput(f"archive names {name!r} twice, or as a file and a folder")
+        parents = {name.rsplit("/", i)[0] for i in range(1, name.count("/") + 1)}
+        if parents & seen:
+            raise InvalidInput(f"archive names {name!r} under one of its files")
+        seen.add(name)
+        folders |= parents
+        planned.append((member, name, url))
+        if len(planned) > MAX_ARCHIVE_FILES:
+            raise InvalidInput(f"an archive may hold at most {MAX_ARCHIVE_FILES:,} files")
+    return planned

@@ -9,7 +9,7 @@ they are filled in by passing a dummy batch through the layers built so far.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -75,7 +75,28 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "Softmax": {"dim": 1},
     "LogSoftmax": {"dim": 1},
 }
-COSTS = {"CrossEntropy": nn.CrossEntropyLoss, "NLL": nn.NLLLoss}
+# The short names, and torch's own (as the layers take torch's names).
+COSTS = {
+    "CrossEntropy": nn.CrossEntropyLoss,
+    "NLL": nn.NLLLoss,
+    "CrossEntropyLoss": nn.CrossEntropyLoss,
+    "NLLLoss": nn.NLLLoss,
+}
+# neon's names (Nervana's spec files) that mean something else here: refused, naming ours.
+NEON = {
+    "batchsize": "batch_size",
+    "Affine": "Linear (config: {out_features: N}; the activation is a layer of its own)",
+    "Conv": "Conv2d (config: {out_channels: N, kernel_size: K})",
+    "Pooling": "MaxPool2d or AvgPool2d (config: {kernel_size: K})",
+    "Rectlin": "ReLU",
+    "Logistic": "Sigmoid",
+    "Explin": "ELU",
+    "GeneralizedCost": "cost: CrossEntropy",
+    "CrossEntropyMulti": "CrossEntropy",
+    "CrossEntropyBinary": "a Sigmoid layer and cost: CrossEntropy over two classes",
+    "GradientDescentMomentum": "SGD (config: {lr: 0.01, momentum: 0.9})",
+    "RMSProp": "RMSprop",
+}
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "SGD": torch.optim.SGD,
     "Adam": torch.optim.Adam,
@@ -111,6 +132,18 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def unknown(what: str, name: object, known: Iterable[str]) -> str:
+    """Why a name is refused: neon's spelling of ours, the close match, and what is known."""
+    import difflib
+
+    known = list(known)
+    if isinstance(name, str) and name in NEON:
+        return f"{what} {name!r} is neon's name: ncloud's is {NEON[name]}"
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {name!r}{hint}; known: {', '.join(known)}"
+
+
 def layer_error(
     index: int, kind: str | None, line: int | None, name: str, problem: str
 ) -> InvalidInput:
@@ -132,9 +165,7 @@ def check_layer(name: str, index: int, entry: Any, line: int | None) -> None:
             f"{{type: Linear, config: {{out_features: 64}}}}, not {entry!r}",
         )
     if kind not in LAYERS:
-        raise layer_error(
-            index, str(kind), line, name, f"unknown layer type; known: {', '.join(LAYERS)}"
-        )
+        raise layer_error(index, None, line, name, unknown("layer type", kind, LAYERS))
     if not isinstance(entry.get("config") or {}, dict):
         raise layer_error(index, kind, line, name, "config must be a mapping of arguments")
 
@@ -194,7 +225,8 @@ def build_cost(cost: Any, ends_in_softmax: bool) -> nn.Module:
         loss = COSTS[kind](**config)
     except Exception as exc:
         raise InvalidInput(f"cost {kind}: {_message(exc)}") from exc
-    return ProbabilityNLL(loss) if ends_in_softmax and kind == "CrossEntropy" else loss
+    cross_entropy = COSTS[kind] is nn.CrossEntropyLoss
+    return ProbabilityNLL(loss) if ends_in_softmax and cross_entropy else loss
 
 
 class ProbabilityNLL(nn.Module):
@@ -243,7 +275,7 @@ def typed(
         raise InvalidInput(f"{what} must be a type name or a mapping with 'type' and 'config'")
     kind = spec.get("type", default)
     if kind not in known:
-        raise InvalidInput(f"unknown {what} type {kind!r}; known: {', '.join(known)}")
+        raise InvalidInput(unknown(f"{what} type", kind, known))
     config = spec.get("config") or {}
     if not isinstance(config, Mapping):
         raise InvalidInput(f"{what} config must be a mapping of keyword arguments")

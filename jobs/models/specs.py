@@ -84,8 +84,7 @@ def _load_yaml(name: str, text: str) -> tuple[dict[str, Any], list[int | None]]:
     unknown = sorted(set(map(str, data)) - sl.TOP_KEYS)
     if unknown:
         raise InvalidInput(
-            f"{at(unknown[0])}: unknown key {unknown[0]!r}; "
-            f"allowed: {', '.join(sorted(sl.TOP_KEYS))}"
+            f"{at(unknown[0])}: {sl.unknown('key', unknown[0], sorted(sl.TOP_KEYS))}"
         )
     for key in ("epochs", "batch_size"):
         value = data.get(key)

@@ -174,14 +174,18 @@ def list_volume_files(store: Store, tenant: str, volume_id: int) -> dict[str, in
     return dict(sorted(storage.list_files(volume_url(tenant, volume_id)).items()))
 
 
-def file_url(store: Store, tenant: str, volume_id: int, relative: str) -> tuple[str, str]:
+def file_url(
+    store: Store, tenant: str, volume_id: int, relative: str, volume_checked: bool = False
+) -> tuple[str, str]:
     """(canonical name, storage URL) for a file about to be written; checks before any byte.
 
     Refuses a path that runs through an existing file (`a` then `a/b`) or names an existing
-    folder, which storage could not hold side by side.
+    folder, which storage could not hold side by side. `volume_checked`: the caller has
+    looked the volume up in this tenant already (once for an archive of many files).
     """
     name = file_name(relative)
-    get_volume(store, tenant, volume_id)
+    if not volume_checked:
+        get_volume(store, tenant, volume_id)
     base = volume_url(tenant, volume_id)
     fs, _ = storage.filesystem(base)
     parts = name.split("/")
@@ -204,6 +208,12 @@ def record_file(store: Store, tenant: str, volume_id: int, name: str) -> Volume:
     The row is locked while storage is listed so that parallel uploads into one volume
     cannot write counts out of order. If the volume went away meanwhile, so does the file.
     """
+    return recount(store, tenant, volume_id, name)
+
+
+def recount(store: Store, tenant: str, volume_id: int, name: str = "") -> Volume:
+    """Recount a volume after files were written (`name`: the one to remove with it if the
+    volume went away meanwhile; all of its files when empty)."""
     tenant_id = _tenant_id(store, tenant)
     base = volume_url(tenant, volume_id)
     try:

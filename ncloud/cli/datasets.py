@@ -9,7 +9,7 @@ import typer
 
 from ncloud.cli import common
 from ncloud.cli.common import OutputOpt, YesOpt, confirm
-from ncloud.errors import InvalidInput, NcloudError
+from ncloud.errors import InvalidInput, NcloudError, UsageError
 from ncloud.render import Output, message, render
 
 app = typer.Typer(
@@ -62,21 +62,52 @@ def wait_ready(dataset_id: int, quiet: bool = False) -> Any:
     )
 
 
+def find_manifest(source: Path, manifest: str | None) -> Path:
+    """The manifest to upload: SOURCE itself, or in folder SOURCE the one named by
+    --manifest, else its only .tsv or .csv (as Nervana's `ncloud dataset upload DIR`)."""
+    if source.is_file():
+        if manifest is not None:
+            raise UsageError(f"--manifest names a manifest inside a folder; {source} is a file")
+        return source
+    if not source.is_dir():
+        raise InvalidInput(f"{source} is neither a manifest file nor a folder")
+    if manifest is not None:
+        found = source / manifest
+        if not found.is_file() or found.resolve().parent != source.resolve():
+            raise InvalidInput(f"{source} has no manifest {manifest!r} at its top level")
+        return found
+    candidates = sorted(p for p in source.iterdir() if p.suffix in (".tsv", ".csv") and p.is_file())
+    if not candidates:
+        raise InvalidInput(f"{source} holds no manifest (.tsv or .csv) at its top level")
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates)
+        raise InvalidInput(f"{source} holds several manifests ({names}): pick one with --manifest")
+    return candidates[0]
+
+
 @app.command("upload")
 def upload(
-    manifest: Annotated[
-        Path, typer.Argument(help="The manifest (.tsv or .csv) next to its files.")
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="The manifest (.tsv or .csv) next to its files, or the folder that holds it."
+        ),
     ],
     name: Annotated[str, typer.Option("--name", "-n", help="Dataset name.")],
-    parallel: Annotated[int, typer.Option(help="Files sent at once.")] = 4,
+    manifest_name: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest", "-m", help="Which manifest of the folder (when it has several)."
+        ),
+    ] = None,
+    parallel: Annotated[int, typer.Option(help="Requests sent at once.", min=1)] = 4,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the ingest.")] = True,
     output: OutputOpt = Output.table,
 ) -> None:
     """Upload a manifest and the files it names, then ingest (rerun to resume an upload)."""
     from ncloud.uploads import upload_files
 
-    if not manifest.is_file():
-        raise InvalidInput(f"{manifest} is not a file")
+    manifest = find_manifest(source, manifest_name)
     files = local_files(manifest)
     datasets = common.client().datasets
     created = datasets.create(name, manifest.read_bytes(), manifest.name)
@@ -93,6 +124,7 @@ def upload(
         lambda n, chunks, size: datasets.put_file(dataset_id, n, chunks, size),
         parallel=parallel,
         label=f"dataset {dataset_id}",
+        put_many=lambda archive: datasets.put_files(dataset_id, archive),
     )
     datasets.ingest(dataset_id)
     found = wait_ready(dataset_id) if wait else datasets.show(dataset_id)

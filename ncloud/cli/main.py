@@ -5,35 +5,84 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from ncloud.cli import accounts, batches, common, datasets, models, server, tokens, volumes
 from ncloud.cli import deploy as _deploy  # noqa: F401  (adds deploy, predict, undeploy to `model`)
 from ncloud.cli.common import OPTIONS, OutputOpt
 from ncloud.errors import NcloudError
 from ncloud.protocol import host_of
-from ncloud.render import Output, err, message, render
+from ncloud.render import Output, err, message, out, render
+
+
+class ModelByDefault(TyperGroup):
+    """`ncloud train spec.yaml` is `ncloud model train spec.yaml`, as in Nervana's ncloud:
+    a name that is no top-level command is looked up among the model commands."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None or cmd_name.startswith("-"):
+            return found
+        group = super().get_command(ctx, "model")
+        return group.get_command(ctx, cmd_name) if isinstance(group, TyperGroup) else None
+
 
 app = typer.Typer(
     name="ncloud",
-    help="ncloud: datasets, training and deployments on a shared Ray cluster.",
+    cls=ModelByDefault,
+    help="ncloud: datasets, training and deployments on a shared Ray cluster. "
+    "A model command may drop its group: `ncloud train spec.yaml` is `ncloud model train`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
-app.add_typer(server.app, name="server")
-app.add_typer(accounts.tenant_app, name="tenant")
-app.add_typer(accounts.user_app, name="user")
-app.add_typer(accounts.audit_app, name="audit")
-app.add_typer(tokens.token_app, name="token")
-app.add_typer(tokens.resource_app, name="resource")
-app.add_typer(datasets.app, name="dataset")
-app.add_typer(volumes.app, name="volume")
-app.add_typer(models.app, name="model")
-app.add_typer(batches.app, name="batch")
+# Each group under its name, then Nervana's short names for it (hidden from --help).
+GROUPS: list[tuple[typer.Typer, str, tuple[str, ...]]] = [
+    (server.app, "server", ()),
+    (accounts.tenant_app, "tenant", ()),
+    (accounts.user_app, "user", ()),
+    (accounts.audit_app, "audit", ()),
+    (tokens.token_app, "token", ()),
+    (tokens.resource_app, "resource", ("r",)),
+    (datasets.app, "dataset", ("ds", "d")),
+    (volumes.app, "volume", ("v", "vs")),
+    (models.app, "model", ("m",)),
+    (batches.app, "batch", ("b",)),
+]
+for group, name, aliases in GROUPS:
+    app.add_typer(group, name=name)
+    for alias in aliases:
+        app.add_typer(group, name=alias, hidden=True)
 app.command("usage")(tokens.usage)
+
+
+def _version(ctx: typer.Context, show: bool) -> None:
+    """Print the client's version and the server's, warning when they differ."""
+    if not show:
+        return
+    import ncloud
+    from ncloud import config
+
+    out.print(f"ncloud client {ncloud.__version__}", highlight=False)
+    cfg = config.load(ctx.params.get("host"))
+    try:
+        from ncloud.client import Client
+
+        with Client(cfg.host, timeout=5.0) as c:
+            found = c.health()
+    except NcloudError as exc:
+        out.print(f"ncloud server: unknown ({exc.message})", highlight=False)
+        raise typer.Exit(0) from None
+    out.print(f"ncloud server {found['version']} at {host_of(cfg.host)}", highlight=False)
+    if found["version"] != ncloud.__version__:
+        message(
+            f"[yellow]warning:[/yellow] the client is {ncloud.__version__} and the server "
+            f"{found['version']}: install the server's version (pip install ncloud=="
+            f"{found['version']})"
+        )
+    raise typer.Exit(0)
 
 
 @app.callback()
@@ -45,6 +94,15 @@ def main_options(
     tenant: Annotated[
         str | None, typer.Option("--tenant", help="Tenant to act in (NCLOUD_TENANT).")
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="The client's and the server's versions.",
+            callback=_version,
+            is_eager=False,
+        ),
+    ] = False,
 ) -> None:
     OPTIONS.host, OPTIONS.token, OPTIONS.tenant = host, token, tenant
 
@@ -57,41 +115,57 @@ def configure(
     token: Annotated[str | None, typer.Option("--token", help="Your access token.")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Tenant to act in.")] = None,
 ) -> None:
-    """Write ~/.ncloudrc (mode 0600) with host, token and tenant."""
+    """Write ~/.ncloudrc (mode 0600); only the fields given change.
+
+    The others keep their saved values; in a terminal with no fields given, each is asked
+    for with the saved value as its default."""
     from ncloud import config
     from ncloud.client import Client
 
-    interactive = sys.stdin.isatty()
-    host = (
-        host
-        or OPTIONS.host
-        or (
-            typer.prompt("ncloud host", default=config.DEFAULT_HOST)
-            if interactive
-            else config.DEFAULT_HOST
+    saved = config.read_rc()
+    asked = config.Config(
+        host=host or OPTIONS.host or "",
+        token=token or OPTIONS.token,
+        tenant=tenant or OPTIONS.tenant,
+    )
+    if asked.host:
+        _check_host(asked.host)  # malformed: exit 2, nothing written
+    interactive = sys.stdin.isatty() and not (asked.host or asked.token or asked.tenant)
+    new_host = asked.host or saved.get("host") or ""
+    new_token, new_tenant = asked.token or saved.get("token"), asked.tenant or saved.get("tenant")
+    if interactive:
+        new_host = typer.prompt("ncloud host", default=new_host or config.DEFAULT_HOST)
+        _check_host(new_host)
+        new_token = typer.prompt(
+            "token" + (" (Enter keeps the saved one)" if new_token else ""),
+            default=new_token or "",
+            hide_input=True,
+            show_default=False,
         )
-    )
-    token = (
-        token or OPTIONS.token or (typer.prompt("token", hide_input=True) if interactive else None)
-    )
-    if not token:
-        raise typer.BadParameter("--token is required when not running interactively")
-    tenant = (
-        tenant
-        or OPTIONS.tenant
-        or (typer.prompt("tenant", default="", show_default=False) if interactive else None)
-        or None
-    )
-    path = config.write_rc(host_of(config.api_url(host)), token, tenant)
-    message(f"wrote {path}")
+        new_tenant = typer.prompt("tenant", default=new_tenant or "", show_default=bool(new_tenant))
+    if not new_token:
+        raise typer.BadParameter("--token is required: no token is saved yet")
+    new_host = host_of(config.api_url(new_host or config.DEFAULT_HOST))
+    path = config.write_rc(new_host, new_token, new_tenant or None)
+    message(f"wrote {path} (host {new_host}" + (f", tenant {new_tenant})" if new_tenant else ")"))
     try:
-        me = Client(host, token=token, tenant=tenant).info()
+        with Client(new_host, token=new_token, tenant=new_tenant or None) as c:
+            me = c.info()
         message(
             f"signed in as {me['user']['email']}"
             + (f" in tenant {me['tenant']}" if me.get("tenant") else "")
         )
     except NcloudError as exc:
         message(f"[yellow]warning:[/yellow] saved, but the server said: {exc.message}")
+
+
+def _check_host(host: str) -> None:
+    from ncloud import config
+
+    try:
+        config.check_host(host)
+    except NcloudError as exc:
+        raise typer.BadParameter(exc.message) from None
 
 
 @app.command("info")

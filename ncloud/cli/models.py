@@ -14,7 +14,7 @@ from ncloud import plots, responses
 from ncloud.bodies import default, describe
 from ncloud.cli import common
 from ncloud.cli.common import OutputOpt, YesOpt, confirm
-from ncloud.errors import InvalidInput, NcloudError, UsageError
+from ncloud.errors import InvalidInput, NcloudError, NotFound, UsageError
 from ncloud.render import Output, err, message, out, render
 
 app = typer.Typer(help="The tenant's models: train, watch, stop, resume.", no_args_is_help=True)
@@ -290,26 +290,69 @@ def results(
     model_id: int,
     directory: Annotated[Path, typer.Option("--dir", "-d", help="Where to put them.")] = Path("."),
     as_zip: Annotated[bool, typer.Option("--zip", help="One .zip file instead.")] = False,
+    as_tar: Annotated[bool, typer.Option("--tar", help="One .tar.gz file instead.")] = False,
+    listing: Annotated[
+        bool, typer.Option("--list", help="List the result files; download nothing.")
+    ] = False,
+    patterns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="Only files whose path matches this glob (* crosses folders; repeatable).",
+        ),
+    ] = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Download weights, checkpoints, metrics and the log."""
+    """Download weights, checkpoints, metrics and the log (or --list them)."""
     import json
 
+    if as_zip and as_tar:
+        raise typer.BadParameter("--zip and --tar each make one archive: give one of them")
     models = common.client().models
-    files = models.results(model_id)
+    stored = models.results(model_id)
+    wanted = _matching({**stored, **dict.fromkeys(MADE_HERE, 0)}, patterns or [], model_id)
+    if listing:
+        rows = [{"name": n, "bytes": stored.get(n)} for n in sorted(wanted)]
+        render(rows, ["name", "bytes"], output)
+        return
     target = directory / f"model-{model_id}"
-    staging = Path(tempfile.mkdtemp()) / target.name if as_zip else target
-    for name in sorted(files):
+    staging = Path(tempfile.mkdtemp()) / target.name if (as_zip or as_tar) else target
+    for name in sorted(n for n in wanted if n in stored):
         models.download_result(model_id, name, staging / name)
-    found = models.show(model_id)
-    (staging / "metrics.json").write_text(json.dumps(found["metrics"], indent=2))
-    (staging / "train.log").write_text("\n".join(e["line"] for e in _all_lines(model_id)) + "\n")
-    plots.curves(found["name"], found["metrics"], staging / "curves.png")
+    if set(MADE_HERE) & set(wanted):
+        found = models.show(model_id)
+        staging.mkdir(parents=True, exist_ok=True)
+        if "metrics.json" in wanted:
+            (staging / "metrics.json").write_text(json.dumps(found["metrics"], indent=2))
+        if "train.log" in wanted:
+            lines = "\n".join(e["line"] for e in _all_lines(model_id))
+            (staging / "train.log").write_text(lines + "\n")
+        if "curves.png" in wanted:
+            plots.curves(found["name"], found["metrics"], staging / "curves.png")
     where = target
-    if as_zip:
-        where = Path(shutil.make_archive(str(target), "zip", staging))
+    if as_zip or as_tar:
+        where = Path(shutil.make_archive(str(target), "zip" if as_zip else "gztar", staging))
         shutil.rmtree(staging.parent, ignore_errors=True)
-    render({"model": model_id, "files": len(files) + 3, "path": str(where)}, None, output)
+    render({"model": model_id, "files": len(wanted), "path": str(where)}, None, output)
+
+
+# What `results` writes beside the stored files, from the API's answers.
+MADE_HERE = ("metrics.json", "train.log", "curves.png")
+
+
+def _matching(names: dict[str, int], patterns: list[str], model_id: int) -> list[str]:
+    """The names that match any of the globs (all with none); none matching is an error."""
+    from fnmatch import fnmatchcase
+
+    if not patterns:
+        return list(names)
+    found = [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
+    if not found:
+        raise NotFound(
+            f"no result file of model {model_id} matches {' or '.join(map(repr, patterns))}; "
+            f"it has: {', '.join(sorted(names))}"
+        )
+    return found
 
 
 @app.command("compare")

@@ -39,7 +39,7 @@ def upload(
     volume_id: Annotated[
         int | None, typer.Option("--id", "-i", help="Add to or replace files in this volume.")
     ] = None,
-    parallel: Annotated[int, typer.Option("--parallel", help="Files sent at once.", min=1)] = 4,
+    parallel: Annotated[int, typer.Option("--parallel", help="Requests sent at once.", min=1)] = 4,
     output: OutputOpt = Output.table,
 ) -> None:
     """Upload a folder into a new volume, or into volume ID with -i (dotfiles are skipped)."""
@@ -64,6 +64,7 @@ def upload(
                 lambda path, chunks, size: c.volumes.put_file(vid, path, chunks, size),
                 parallel=parallel,
                 label=f"volume {vid}",
+                put_many=lambda archive: c.volumes.put_files(vid, archive),
             )
     except BaseException as exc:
         if created:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from ncloud import responses
@@ -46,6 +46,12 @@ class Datasets:
 
     def put_file(self, dataset_id: int, name: str, chunks: Iterator[bytes], size: int) -> Any:
         return self._c.put_file(f"/datasets/{dataset_id}/files/{quote(name)}", chunks, size)
+
+    def put_files(self, dataset_id: int, archive: bytes) -> responses.Stored:
+        """Many files at once, as an uncompressed tar (ncloud.uploads.pack makes one)."""
+        return cast(
+            responses.Stored, self._c.post_archive(f"/datasets/{dataset_id}/files", archive)
+        )
 
     def ingest(self, dataset_id: int) -> responses.Dataset:
         return self._c.call(responses.Dataset, "POST", f"/datasets/{dataset_id}/ingest")

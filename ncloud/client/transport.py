@@ -10,7 +10,7 @@ import httpx
 
 from ncloud.config import api_url
 from ncloud.errors import ServerUnreachable, error_from_body
-from ncloud.protocol import DEPLOYMENT_PREFIX, TENANT_HEADER, host_of
+from ncloud.protocol import ARCHIVE_TYPE, DEPLOYMENT_PREFIX, TENANT_HEADER, host_of
 
 JSON = Any
 T = TypeVar("T")
@@ -94,6 +94,14 @@ class Transport:
                 content=chunks,
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise self._unreachable() from exc
+        return self._parse(response)
+
+    def post_archive(self, path: str, body: bytes) -> JSON:
+        """POST an uncompressed tar of many files to a files route."""
+        try:
+            response = self._http.post(path, content=body, headers={"Content-Type": ARCHIVE_TYPE})
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise self._unreachable() from exc
         return self._parse(response)

@@ -49,6 +49,10 @@ class Volumes:
     def remove(self, volume_id: int) -> JSON:
         return self._c.request("DELETE", f"/volumes/{int(volume_id)}")
 
+    def put_files(self, volume_id: int, archive: bytes) -> JSON:
+        """Add or replace many files at once, as an uncompressed tar (ncloud.uploads.pack)."""
+        return self._c.post_archive(f"/volumes/{volume_id}/files", archive)
+
     def put_file(self, volume_id: int, path: str, chunks: Iterator[bytes], size: int) -> JSON:
         """Add or replace the file at path (relative, '/'-separated) with size streamed bytes."""
         return self._c.put_file(_file_route(volume_id, path), chunks, size)

@@ -20,7 +20,7 @@ from ncloud.validation import check_name
 from serve.auth import Caller
 from serve.deps import caller, control, store
 from serve.schemas import ObjectId, file_answer
-from serve.uploads import manifest_body, manifest_limit, receive_file
+from serve.uploads import manifest_body, manifest_limit, receive_archive, receive_file
 
 router = APIRouter()
 UPLOADABLE = (DatasetStatus.UPLOADING, DatasetStatus.ERROR)
@@ -160,6 +160,24 @@ async def upload_file(
         raise Conflict("the manifest is fixed when the dataset is created")
     size = await receive_file(request, storage.join(ds.raw_url, relative))
     return {"path": relative, "bytes": size}
+
+
+@router.post("/datasets/{dataset_id}/files")
+async def upload_files(
+    dataset_id: ObjectId, request: Request, c: Caller = Depends(caller)
+) -> responses.Stored:
+    """Many files at once: the body is an uncompressed tar of them (application/x-tar)."""
+    tenant = c.require_tenant()
+    ds = await run_in_threadpool(_uploadable, tenant, dataset_id)
+
+    def target(name: str) -> tuple[str, str]:
+        relative = storage.relative_name(name)
+        if relative == ds.manifest_name:
+            raise Conflict("the manifest is fixed when the dataset is created")
+        return relative, storage.join(ds.raw_url, relative)
+
+    stored = await receive_archive(request, target)
+    return {"files": len(stored), "bytes": sum(stored.values())}
 
 
 @router.get("/datasets/{dataset_id}/files")

@@ -14,7 +14,7 @@ from ncloud import responses
 from serve.auth import Caller
 from serve.deps import caller, store
 from serve.schemas import ObjectId, file_answer
-from serve.uploads import receive_file
+from serve.uploads import receive_archive, receive_file
 
 router = APIRouter()
 
@@ -76,6 +76,20 @@ async def put_file(
     written = await receive_file(request, url)
     found = await run_in_threadpool(volumes.record_file, store(), tenant, volume_id, name)
     return {"path": name, "bytes": written, "volume": _volume(found)}
+
+
+@router.post("/volumes/{volume_id}/files")
+async def put_files(
+    volume_id: ObjectId, request: Request, c: Caller = Depends(caller)
+) -> dict[str, Any]:
+    """Add or replace many files: the body is an uncompressed tar of them (application/x-tar)."""
+    tenant = c.require_tenant()
+    await run_in_threadpool(volumes.get_volume, store(), tenant, volume_id)
+    stored = await receive_archive(
+        request, lambda name: volumes.file_url(store(), tenant, volume_id, name, True)
+    )
+    found = await run_in_threadpool(volumes.recount, store(), tenant, volume_id)
+    return {"files": len(stored), "bytes": sum(stored.values()), "volume": _volume(found)}
 
 
 @router.get("/volumes/{volume_id}/files/{path:path}", **file_answer())

@@ -7,6 +7,9 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+from typer.testing import CliRunner
+
 from tests.integration.conftest import Server
 
 
@@ -70,3 +73,20 @@ def test_admin_then_user_flow(server: Server, tmp_path: Path) -> None:
             server.cli("user", "rm", email, "--yes", check=False)
         server.cli("tenant", "rm", "cli-team", "--yes", "--force", check=False)
     assert "cli-team" not in server.cli("tenant", "ls").stdout
+
+
+def test_version_names_client_and_server_and_warns_when_they_differ(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ncloud
+    from ncloud.cli.main import app
+
+    same = server.cli("--host", server.api_url, "--version")
+    assert f"ncloud client {ncloud.__version__}" in same.stdout
+    assert f"ncloud server {ncloud.__version__} at {server.api_url}" in same.stdout
+    assert "warning" not in same.stdout + same.stderr
+    monkeypatch.setattr(ncloud, "__version__", "0.0.1")  # an older client than the server
+    older = CliRunner().invoke(app, ["--host", server.api_url, "--version"])
+    assert older.exit_code == 0, older.output
+    assert "ncloud client 0.0.1" in older.output
+    assert "warning: the client is 0.0.1 and the server" in older.output

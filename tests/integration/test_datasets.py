@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import pytest
 
 from examples.digits import make_digits
 from jobs.datasets.loader import ShardLoader
-from ncloud.errors import InvalidInput, NotFound
+from ncloud.errors import Conflict, InvalidInput, NotFound
+from tests.archives import tar_of
 from tests.integration.conftest import Server
 
 
@@ -358,3 +360,75 @@ def test_crlf_and_bom_manifests_are_accepted(
     created = client.datasets.create("crlf", b"\xef\xbb\xbf" + text.encode(), "h.tsv")
     assert created["rows"] == 10 and len(created["needed"]) == 10
     client.datasets.remove(created["id"])
+
+
+def test_a_folder_upload_finds_its_manifest_or_says_which_to_pick(
+    server: Server, team: dict[str, str], digits: Path, tmp_path: Path
+) -> None:
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return server.cli(*args, token=team["token"], tenant=team["tenant"], check=check)
+
+    several = cli("dataset", "upload", str(digits), "-n", "dir", check=False)
+    assert several.returncode == 1
+    assert "several manifests (holdout.tsv, train.tsv, valid.tsv): pick one with --manifest" in (
+        several.stderr
+    )
+    (tmp_path / "empty").mkdir()
+    none = cli("dataset", "upload", str(tmp_path / "empty"), "-n", "e", check=False)
+    assert none.returncode == 1 and "holds no manifest (.tsv or .csv)" in none.stderr
+    wrong = cli("dataset", "upload", str(digits), "-n", "w", "--manifest", "nope.tsv", check=False)
+    assert wrong.returncode == 1 and "has no manifest 'nope.tsv'" in wrong.stderr
+    assert all(
+        d["name"] not in ("dir", "e", "w")
+        for d in server.client(token=team["token"], tenant=team["tenant"]).datasets.list()
+    )
+
+    done = cli(
+        "dataset", "upload", str(digits), "-n", "dir", "--manifest", "holdout.tsv", "-o", "json",
+    )  # fmt: skip
+    assert json.loads(done.stdout)["status"] == "Ready" and json.loads(done.stdout)["rows"] == 10
+    alone = tmp_path / "alone"
+    shutil.copytree(digits / "holdout", alone / "holdout")
+    shutil.copy(digits / "holdout.tsv", alone / "holdout.tsv")
+    only = cli("dataset", "upload", str(alone), "-n", "alone", "-o", "json")
+    assert json.loads(only.stdout)["rows"] == 10
+
+
+def test_an_archive_of_files_is_checked_whole_before_any_is_stored(
+    server: Server, team: dict[str, str], digits: Path
+) -> None:
+    client = server.client(token=team["token"], tenant=team["tenant"])
+    created = client.datasets.create("packed", (digits / "holdout.tsv").read_bytes(), "m.tsv")
+    route = f"/datasets/{created['id']}/files"
+    png = (digits / "holdout" / "0000.png").read_bytes()
+    assert 50 < len(png) <= 512
+    good = ("holdout/0000.png", png)
+    second = (digits / "holdout" / "0001.png").read_bytes()
+    full = tar_of([good, ("holdout/0001.png", second)])
+    bad: list[tuple[bytes, type[Exception], str]] = [
+        (tar_of([good, ("holdout/0001.png", "->/etc/passwd")]), InvalidInput, "only regular files"),
+        (tar_of([good, ("../escape.png", png)]), InvalidInput, "leaves"),
+        (tar_of([good, ("/etc/cron.d/x", png)]), InvalidInput, "absolute"),
+        (tar_of([good, ("m.tsv", b"@FILE\n")]), Conflict, "the manifest is fixed"),
+        (tar_of([good, ("holdout/0000.png", png)]), InvalidInput, "twice"),
+        (tar_of([("a", png), ("a/b.png", png)]), InvalidInput, "under one of its files"),
+        # cut inside the second file's bytes (after a header and a padded file, and a header)
+        (full[: 512 + 512 + 512 + 50], InvalidInput, "not a readable tar archive"),
+        (b"plain bytes, no tar" * 40, InvalidInput, "not a readable tar archive"),
+    ]
+    for body, error, said in bad:
+        with pytest.raises(error, match=said):
+            client.post_archive(route, body)
+        assert client.datasets.files(created["id"]) == {
+            "m.tsv": len((digits / "holdout.tsv").read_bytes())
+        }
+    stored = client.post_archive(route, full)
+    assert stored == {"files": 2, "bytes": len(png) + len(second)}
+    assert client.datasets.files(created["id"])["holdout/0001.png"] == len(second)
+    # The rest by the CLI: only what is missing goes, then it is Ready.
+    done = server.cli(
+        "dataset", "upload", str(digits / "holdout.tsv"), "-n", "packed", "-o", "json",
+        token=team["token"], tenant=team["tenant"],
+    )  # fmt: skip
+    assert "2 of 10 files are there already" in done.stderr
+    assert json.loads(done.stdout)["status"] == "Ready"

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,7 @@ def test_yaml_cnn_trains_to_its_stated_accuracy_with_the_cli(
     server: Server, lab: dict[str, Any], tmp_path: Path
 ) -> None:
     out = server.cli(
-        "model",
-        "train",
+        "train",  # `model` is the default group, as in Nervana's ncloud
         str(ROOT / "examples/cnn.yaml"),
         "--dataset",
         f"train:{lab['train']},valid:{lab['valid']}",
@@ -67,10 +67,39 @@ def test_yaml_cnn_trains_to_its_stated_accuracy_with_the_cli(
     got = tmp_path / f"model-{model['id']}"
     assert (got / "model.pt").is_file() and (got / "meta.json").is_file()
     assert json.loads((got / "metrics.json").read_text())[-1]["epoch"] == 6
+    _results_list_tar_and_filter(server, lab, model["id"], tmp_path)
     stop_done = server.cli(
         "model", "stop", str(model["id"]), check=False, token=lab["token"], tenant="lab"
     )
     assert stop_done.returncode == 1 and "Completed" in stop_done.stderr
+
+
+def _results_list_tar_and_filter(
+    server: Server, lab: dict[str, Any], model_id: int, tmp_path: Path
+) -> None:
+    """`results --list`, `--tar`, `--filter GLOB` as Nervana's ncloud had them; the aliases."""
+    as_lab = {"token": lab["token"], "tenant": lab["tenant"]}
+    listed = json.loads(
+        server.cli("m", "results", str(model_id), "--list", "-o", "json", **as_lab).stdout
+    )
+    names = {row["name"] for row in listed}
+    assert {"model.pt", "meta.json", "metrics.json", "train.log", "curves.png"} <= names
+    assert any(n.startswith("checkpoints/") for n in names), names
+    assert next(r for r in listed if r["name"] == "model.pt")["bytes"] > 1000
+    out = tmp_path / "tarred"
+    server.cli("results", str(model_id), "--tar", "--filter", "*.json", "-d", str(out), **as_lab)
+    with tarfile.open(out / f"model-{model_id}.tar.gz") as tar:
+        # `*` matches across folders, as in `aws s3 cp --include`: the checkpoints' too
+        inside = sorted(n.removeprefix("./") for n in tar.getnames() if "." in Path(n).name)
+        assert inside == sorted(n for n in names if n.endswith(".json"))
+        assert "meta.json" in inside and "metrics.json" in inside
+    none = server.cli("results", str(model_id), "--filter", "*.onnx", check=False, **as_lab)
+    assert none.returncode == 1 and "no result file of model" in none.stderr
+    assert "matches '*.onnx'" in none.stderr and "Traceback" not in none.stderr
+    both = server.cli("results", str(model_id), "--zip", "--tar", check=False, **as_lab)
+    assert both.returncode == 2
+    shown = json.loads(server.cli("ls", "-o", "json", **as_lab).stdout)
+    assert model_id in {m["id"] for m in shown}
 
 
 BAD_SPECS = [

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from ncloud.errors import Conflict, InvalidInput, NotFound
+from tests.archives import tar_of
 from tests.integration.conftest import Server
 
 
@@ -178,3 +179,24 @@ def _complete(reply: bytes) -> bool:
         if key.strip().lower() == b"content-length":
             return len(body) >= int(value.strip())
     return False
+
+
+def test_an_archive_into_a_volume_adds_its_files_or_none(
+    server: Server, ada: dict[str, Any]
+) -> None:
+    mine = server.client(token=ada["token"], tenant="vol-a")
+    vid = mine.volumes.create("packed")["id"]
+    mine.volumes.put_file(vid, "cfg", iter([b"a file"]), 6)
+    route = f"/volumes/{vid}/files"
+    for body, said in (
+        (tar_of([("ok.txt", b"ok"), ("evil", "->/etc/shadow")]), "only regular files"),
+        (tar_of([("ok.txt", b"ok"), ("cfg/inner.txt", b"x")]), "has a file 'cfg'"),
+        (tar_of([("ok.txt", b"ok"), ("a/../../x.txt", b"x")]), "leaves the volume"),
+    ):
+        with pytest.raises((InvalidInput, Conflict), match=said):
+            mine.post_archive(route, body)
+        assert _stored(server, "vol-a", vid) == ["cfg"]
+    found = mine.post_archive(route, tar_of([("ok.txt", b"ok"), ("deep/er/x.bin", b"\0" * 100)]))
+    assert (found["files"], found["bytes"]) == (2, 102)
+    assert found["volume"]["files"] == 3 and found["volume"]["bytes"] == 108
+    assert _stored(server, "vol-a", vid) == ["cfg", "deep/er/x.bin", "ok.txt"]

@@ -145,3 +145,47 @@ def test_follow_stops_or_hands_back_what_it_saw_last() -> None:
     with pytest.raises(NcloudError, match="model 3 still Deploying after 0s; see `ncloud show`"):
         follow(lambda: waiting, lambda f: False, str, 0, "model 3", "ncloud show")
     assert follow(lambda: waiting, lambda f: False, str, 0, "m", "h", give_up=False) is waiting
+
+
+@pytest.mark.parametrize(
+    ("alias", "group"),
+    [("m", "model"), ("ds", "dataset"), ("d", "dataset"), ("v", "volume"), ("vs", "volume"),
+     ("b", "batch"), ("r", "resource")],
+)  # fmt: skip
+def test_nervanas_short_names_are_the_groups(alias: str, group: str) -> None:
+    import typer
+
+    short = runner.invoke(app, [alias, "--help"])
+    assert short.exit_code == 0 and f" {alias} [OPTIONS] COMMAND" in short.output
+    groups = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert set(groups[alias].commands) == set(groups[group].commands) != set()
+
+
+def test_model_is_the_default_group_and_an_unknown_name_still_exits_2() -> None:
+    train = runner.invoke(app, ["train", "--help"])
+    assert train.exit_code == 0 and "Queue a training run" in train.output
+    assert runner.invoke(app, ["results", "--help"]).output.count("--filter") == 1
+    assert runner.invoke(app, ["info", "--help"]).output.count("Who you are") == 1  # top wins
+    unknown = runner.invoke(app, ["trian"])
+    assert unknown.exit_code == 2 and "No such command" in unknown.output
+    listed = runner.invoke(app, ["--help"]).output
+    assert " m " not in listed and " ds " not in listed  # the short names stay out of --help
+
+
+def test_version_with_no_server_says_so_and_exits_0(isolated_home: object) -> None:
+    import ncloud
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = runner.invoke(app, ["--host", f"127.0.0.1:{port}", "--version"])
+    assert result.exit_code == 0, result.output
+    assert f"ncloud client {ncloud.__version__}" in result.output
+    assert "ncloud server: unknown (cannot reach ncloud" in result.output
+
+
+def test_shell_completion_is_offered() -> None:
+    listed = runner.invoke(app, ["--help"]).output
+    assert "--install-completion" in listed
+    script = runner.invoke(app, ["--show-completion", "bash"])
+    assert script.exit_code == 0 and "complete" in script.output

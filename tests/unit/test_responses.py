@@ -20,7 +20,7 @@ UNTYPED = {
     "api": {"health", "info", "create_tenant", "modify_tenant", "delete_tenant",
             "revoke_token", "resources"},
     "datasets": {"list_files", "download_file"},
-    "volumes": {"delete_volume", "put_file", "get_file", "delete_file"},
+    "volumes": {"delete_volume", "put_file", "put_files", "get_file", "delete_file"},
     "models": {"results", "result_file"},
     "deployments": {"revoke_token"},
     "batches": {"result"},

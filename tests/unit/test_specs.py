@@ -54,8 +54,49 @@ def test_unknown_layer_type_names_the_layer_and_known_types() -> None:
         """
     with pytest.raises(InvalidInput) as err:
         _yaml(body)
-    assert "net.yaml line 3: layer 2 (Linaer): unknown layer type" in err.value.message
-    assert "Linear" in err.value.message and "Conv2d" in err.value.message
+    assert "net.yaml line 3: layer 2: unknown layer type 'Linaer'" in err.value.message
+    assert "(did you mean 'Linear'?)" in err.value.message and "Conv2d" in err.value.message
+
+
+@pytest.mark.parametrize("cost", ["CrossEntropyLoss", "NLLLoss", "CrossEntropy", "NLL"])
+def test_the_cost_takes_torchs_names_and_the_short_ones(cost: str) -> None:
+    spec = _yaml(
+        f"layers: [{{type: Flatten}}, {{type: Linear, config: {{out_features: 10}}}}]\n"
+        f"cost: {cost}\n"
+    )
+    built = build(spec, 10, DIGITS)
+    wanted = torch.nn.NLLLoss if cost.startswith("NLL") else torch.nn.CrossEntropyLoss
+    assert isinstance(built.loss, wanted)
+
+
+def test_a_misspelt_cost_names_the_close_match() -> None:
+    with pytest.raises(InvalidInput) as err:
+        _yaml("layers: [{type: Flatten}]\ncost: CrossEntropyLos\n")
+    assert err.value.message.startswith("net.yaml line 2: unknown cost type 'CrossEntropyLos'")
+    assert "(did you mean 'CrossEntropyLoss'?)" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (
+            "batchsize: 32\nlayers: [{type: Flatten}]\n",
+            "line 1: key 'batchsize' is neon's name: ncloud's is batch_size",
+        ),
+        (
+            "layers:\n  - type: Affine\n    config: {nout: 10}\n",
+            "line 2: layer 1: layer type 'Affine' is neon's name: ncloud's is Linear",
+        ),
+        (
+            "layers: [{type: Flatten}]\noptimizer: GradientDescentMomentum\n",
+            "line 2: optimizer type 'GradientDescentMomentum' is neon's name: ncloud's is SGD",
+        ),
+    ],
+)
+def test_neons_names_are_refused_naming_ncloud_spelling(body: str, said: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        _yaml(body)
+    assert said in err.value.message
 
 
 def test_bad_layer_config_names_the_layer() -> None:

@@ -18,6 +18,7 @@ from ncloud.cli import common
 from ncloud.cli.main import app, main
 from ncloud.client import Client
 from ncloud.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from tests.archives import tar_of
 from tests.unit.conftest import LIMIT, make_folder, volume_files
 
 runner = CliRunner()
@@ -208,3 +209,19 @@ def test_cli_usage_and_emptymake_folder(
     code, _, err = _main(["volume", "show", "12345"], monkeypatch, capsys)
     assert (code, err.strip()) == (1, "error: no volume 12345")
     assert cli_api().volumes.list() == []
+
+
+def test_an_archive_member_over_the_file_limit_is_413_and_nothing_is_stored(
+    api: Callable[..., Client],
+) -> None:
+    """An archive may be larger than NCLOUD_MAX_FILE_BYTES; each file in it may not."""
+    ada, bob = api("ada"), api("bob")
+    v = ada.volumes.create("packed")
+    small = [(f"f{i}.bin", os.urandom(LIMIT // 2)) for i in range(4)]  # 2x the limit in all
+    found = ada.volumes.put_files(v["id"], tar_of(list(small)))
+    assert (found["files"], found["volume"]["files"]) == (4, 4)
+    with pytest.raises(PayloadTooLarge, match=r"archive member 'big\.bin' is"):
+        ada.volumes.put_files(v["id"], tar_of([("ok.txt", b"ok"), ("big.bin", b"x" * (LIMIT + 1))]))
+    assert volume_files("vision") == [f"{v['id']}/f{i}.bin" for i in range(4)]
+    with pytest.raises(NotFound, match=f"^no volume {v['id']}$"):  # another tenant's volume
+        bob.volumes.put_files(v["id"], tar_of([("x.txt", b"x")]))
