@@ -68,7 +68,10 @@ class Controller:
         self.resumed = self._resume_ingests()
         from jobs.training.scheduler import Scheduler
 
-        self.scheduler = Scheduler(self.store, db_url)
+        # A reservation placed anew means the cluster under it is new: its runs' workers went
+        # with the old one (a server stopped or killed), which charges them no restart.
+        fresh = frozenset(self.reconciled["created"] + self.reconciled["failed"])
+        self.scheduler = Scheduler(self.store, db_url, fresh)
         from serve.deployments.manager import Serving
 
         self.serving = Serving(
@@ -193,6 +196,11 @@ class Controller:
         """A run was queued: admit it now rather than at the next tick."""
         self.scheduler.wake.set()
         return {"ok": True}
+
+    def suspend_runs(self, grace_s: float) -> dict[str, list[int]]:
+        """`server stop`: every running run checkpoints and is Suspended, to resume at the
+        next start (jobs.training.scheduler.Scheduler.suspend_all)."""
+        return self.scheduler.suspend_all(grace_s)
 
     def stop_run(self, tenant: str, model_id: int) -> dict[str, Any]:
         from jobs.models import state as models

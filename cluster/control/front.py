@@ -42,10 +42,18 @@ DRAINING_S = 2
 MODEL_MAXCONN = 64
 QUEUE_S = 1
 MODEL_PREFIX = "/models/"  # a deployment's routes; not /models itself (no deployment)
+# A model's request is retried on another replica when the one it went to refused the
+# connection or closed it without an answer (killed mid-request): a prediction may be asked
+# twice. HAProxy holds its body for that (up to BUFFER bytes; a larger one is not retried).
+MODEL_RETRY_ON = "conn-failure empty-response"
+BUFFER = 65536
+# What HAProxy answers itself, as (status it sends, code, message). A replica gone mid-
+# request (HAProxy's 502) is said as a 503 with Retry-After, as the replicas' own refusals:
+# the client's move is the same, to retry in a second.
 ERRORS = {
-    502: ("unavailable", "the service behind this route did not answer: retry in a second"),
-    503: ("unavailable", "no replica can take this request now: retry in a second"),
-    504: ("unavailable", "the service behind this route took too long to answer"),
+    502: (503, "unavailable", "the replica behind this route went away: retry in a second"),
+    503: (503, "unavailable", "no replica can take this request now: retry in a second"),
+    504: (504, "unavailable", "the service behind this route took too long to answer"),
 }
 
 
@@ -96,9 +104,14 @@ def render(cfg: FrontConfig, routes: list[Route]) -> str:
         "  maxconn 4096",
         "  nbthread 2",
         "  hard-stop-after 30s",
+        f"  tune.bufsize {BUFFER}",
         "defaults",
         "  mode http",
         "  option http-keep-alive",
+        # A reload (a replica gone or come) leaves idle keep-alive connections open in the
+        # old process until their next answer, which says Connection: close; closed at once,
+        # a client sending on one just then sees a disconnect instead of an answer.
+        "  option idle-close-on-response",
         "  option forwardfor",  # Serve's uvicorn takes the client's address from loopback
         "  option redispatch",
         "  retries 2",
@@ -119,7 +132,18 @@ def render(cfg: FrontConfig, routes: list[Route]) -> str:
         lines += [f"backend route{n}", "  option httpchk GET /-/healthz"]
         limit = ""
         if route.prefix.startswith(MODEL_PREFIX):
-            lines.append(f"  timeout queue {QUEUE_S}s")
+            lines += [
+                f"  timeout queue {QUEUE_S}s",
+                "  option http-buffer-request",  # whole, so that it can be sent again
+                f"  retry-on {MODEL_RETRY_ON}",
+                # An answer is forwarded once whole: one cut short (its replica killed while
+                # writing it) is then the JSON 503 below, not half a body.
+                "  http-response wait-for-body time 5s",
+                # A connection to a replica serves one request: on a kept one, a replica
+                # killed under it makes HAProxy close the client's without an answer (as a
+                # server would, for the client to retry), where a new one gets the JSON 503.
+                "  option http-server-close",
+            ]
             limit = f" maxconn {MODEL_MAXCONN}"
         lines += [
             f"  server replica{i} 127.0.0.1:{port} check inter {CHECK_INTER_MS} fall 1 rise 1"
@@ -132,11 +156,11 @@ def render(cfg: FrontConfig, routes: list[Route]) -> str:
 
 
 def error_page(status: int) -> str:
-    code, message = ERRORS[status]
-    reason = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}[status]
+    sent, code, message = ERRORS[status]
+    reason = {503: "Service Unavailable", 504: "Gateway Timeout"}[sent]
     body = f'{{"code": "{code}", "message": "{message}"}}'
     return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        f"HTTP/1.1 {sent} {reason}\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
         f"Cache-Control: no-cache\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
         f"\r\n{body}"
     )
@@ -172,9 +196,19 @@ class Front:
 
     def start(self) -> None:
         """Bind the port now (every route to Serve's proxy until replicas are known), then
-        follow Serve from a thread."""
-        self.sync([])
+        follow Serve from a thread. A front a previous controller left is adopted as it
+        is: its routes stand until Serve's are read (no reload to none in between)."""
+        self.bind()
         threading.Thread(target=self._follow, name="front", daemon=True).start()
+
+    def bind(self) -> None:
+        """Adopt the HAProxy a previous controller left, as it is, or start one with no
+        routes (all to Serve's proxy)."""
+        if self._running() is not None and self.config_path.exists():
+            self.rendered = self.config_path.read_text()
+            log.info("front (HAProxy) adopted, pid %s", self._running())
+        else:
+            self.sync([])
 
     def sync(self, routes: list[Route]) -> None:
         """Write the config for these routes; start HAProxy, or reload it if it changed."""
@@ -190,6 +224,14 @@ class Front:
             else:
                 os.kill(pid, signal.SIGUSR2)
                 log.info("front reloaded: %s", [(r.prefix, r.ports) for r in routes])
+
+    def _keep_up(self) -> None:
+        """HAProxy started again on the config it last had, if it died."""
+        with self.lock:
+            if self._running() is None:
+                if not self.config_path.exists():
+                    self.config_path.write_text(render(self.cfg, self.routes))
+                self._launch()
 
     def _running(self) -> int | None:
         """The master's PID: ours, or one a previous controller left (adopted)."""
@@ -225,7 +267,7 @@ class Front:
             except Exception as exc:  # Serve not up yet, or restarting: keep the last routes
                 log.debug("front: %s", exc)
                 with contextlib.suppress(Exception):
-                    self.sync(self.routes)
+                    self._keep_up()
             time.sleep(POLL_S)
 
 

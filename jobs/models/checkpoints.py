@@ -8,7 +8,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -118,8 +118,9 @@ def list_checkpoints(run_url: str) -> list[dict[str, Any]]:
     return sorted(found, key=lambda i: int(i["epoch"]))
 
 
-def load(run_url: str, epoch: int, map_location: str = "cpu") -> dict[str, Any]:
-    """Checkpoint `epoch`'s state, checked against its index (InvalidInput when corrupt)."""
+def intact(run_url: str, epoch: int) -> bytes:
+    """Checkpoint `epoch`'s bytes, checked against its index (InvalidInput naming the file
+    when they differ). Nothing is unpickled: the trusted side may call this."""
     index_url = checkpoint_url(run_url, epoch, "json")
     pt_url = checkpoint_url(run_url, epoch, "pt")
     try:
@@ -133,11 +134,39 @@ def load(run_url: str, epoch: int, map_location: str = "cpu") -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise InvalidInput(f"checkpoint {pt_url} is missing although its index exists") from exc
     digest = hashlib.sha256(data).hexdigest()
-    if len(data) != index.get("bytes") or digest != index.get("sha256"):
+    if (
+        not isinstance(index, dict)
+        or len(data) != index.get("bytes")
+        or (digest != index.get("sha256"))
+    ):
+        said = index if isinstance(index, dict) else {}
         raise InvalidInput(
             f"checkpoint {pt_url} is corrupt: {len(data)} bytes with sha256 {digest[:12]}..., "
-            f"its index says {index.get('bytes')} bytes, {str(index.get('sha256'))[:12]}..."
+            f"its index says {said.get('bytes')} bytes, {str(said.get('sha256'))[:12]}..."
         )
+    return data
+
+
+def newest_intact(run_url: str, at_most: int | None = None) -> tuple[int | None, list[str]]:
+    """The newest checkpoint whose bytes match its index (None: none), and why each newer
+    one was skipped: what a resume will use, said before it runs."""
+    skipped: list[str] = []
+    for index in reversed(list_checkpoints(run_url)):
+        epoch = int(index["epoch"])
+        if at_most is not None and epoch > at_most:
+            continue
+        try:
+            intact(run_url, epoch)
+            return epoch, skipped
+        except (InvalidInput, NotFound) as exc:
+            skipped.append(f"checkpoint {epoch} skipped: {exc.message}")
+    return None, skipped
+
+
+def load(run_url: str, epoch: int, map_location: str = "cpu") -> dict[str, Any]:
+    """Checkpoint `epoch`'s state, checked against its index (InvalidInput when corrupt)."""
+    data = intact(run_url, epoch)
+    pt_url = checkpoint_url(run_url, epoch, "pt")
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
@@ -148,9 +177,13 @@ def load(run_url: str, epoch: int, map_location: str = "cpu") -> dict[str, Any]:
 
 
 def load_latest(
-    run_url: str, map_location: str = "cpu", at_most: int | None = None
+    run_url: str,
+    map_location: str = "cpu",
+    at_most: int | None = None,
+    skipped: Callable[[str], None] | None = None,
 ) -> tuple[int, dict[str, Any]] | None:
-    """(epoch, state) of the newest good checkpoint (epoch <= at_most), or None if none."""
+    """(epoch, state) of the newest good checkpoint (epoch <= at_most), or None if none;
+    `skipped` is told why each newer one was passed over (the run's log)."""
     for index in reversed(list_checkpoints(run_url)):
         epoch = int(index["epoch"])
         if at_most is not None and epoch > at_most:
@@ -159,4 +192,6 @@ def load_latest(
             return epoch, load(run_url, epoch, map_location)
         except (InvalidInput, NotFound) as exc:
             log.warning("skipping checkpoint %d: %s", epoch, exc)
+            if skipped is not None:
+                skipped(f"checkpoint {epoch} skipped: {exc.message}")
     return None

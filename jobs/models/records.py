@@ -21,6 +21,9 @@ class RunStatus(StrEnum):
     COMPLETED = "Completed"
     FAILED = "Failed"
     STOPPED = "Stopped"
+    # Checkpointed and ended by `server stop` (or found so after a crash): queued again, at
+    # its place, by the next start, and resumed from that checkpoint with no restart spent.
+    SUSPENDED = "Suspended"
 
     def is_terminal(self) -> bool:
         return self in TERMINAL
@@ -29,8 +32,16 @@ class RunStatus(StrEnum):
 TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED}
 TRANSITIONS = {
     RunStatus.QUEUED: {RunStatus.STARTING, RunStatus.STOPPED, RunStatus.FAILED},
-    RunStatus.STARTING: {RunStatus.RUNNING, *TERMINAL, RunStatus.STARTING, RunStatus.QUEUED},
-    RunStatus.RUNNING: {RunStatus.STARTING, *TERMINAL, RunStatus.QUEUED},  # queued: node lost
+    RunStatus.STARTING: {
+        RunStatus.RUNNING,
+        *TERMINAL,
+        RunStatus.STARTING,
+        RunStatus.QUEUED,
+        RunStatus.SUSPENDED,
+    },
+    # queued: a node lost, or the server killed under it
+    RunStatus.RUNNING: {RunStatus.STARTING, *TERMINAL, RunStatus.QUEUED, RunStatus.SUSPENDED},
+    RunStatus.SUSPENDED: {RunStatus.QUEUED, RunStatus.STOPPED, RunStatus.FAILED},
     RunStatus.COMPLETED: set(),
     RunStatus.FAILED: set(),
     RunStatus.STOPPED: set(),

@@ -24,7 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster.core import accounts
 from cluster.core.names import NAMESPACE
 from cluster.core.store import Store
-from jobs.models import deployments
+from jobs.models import checkpoints, deployments
 from jobs.models import state as models
 from jobs.models.deployments import DeploymentStatus
 from jobs.models.state import RunStatus
@@ -45,16 +45,31 @@ UNREACHABLE_RETRY_S = 1.0
 STOP_MARGIN_S = 45.0
 ADMIT_EVERY_S = 1.0
 REPLACING = "the reservation is being placed (again, if a node of it was lost)"
+LOST_NODE_NOTE = "a node under it was lost: back in the queue"
+CLUSTER_LOST_NOTE = (
+    "the server went down under it (stopped without suspending it, or killed): back in the "
+    "queue, to resume from its last checkpoint"
+)
+
+
+SUSPENDED_REASON = "the server stopped: it resumes from its checkpoint at the next start"
 
 
 class Scheduler:
-    def __init__(self, store: Store, db_url: str) -> None:
+    def __init__(
+        self, store: Store, db_url: str, fresh_groups: frozenset[str] = frozenset()
+    ) -> None:
+        """`fresh_groups`: the reservations this controller had to place anew. A run on one
+        of them lost its workers with the cluster (a server stopped without suspending it,
+        or killed): no fault of its own, so it is queued again and spends no restart."""
         self.store, self.db_url = store, db_url
         self.active: dict[int, Active] = {}
         self.pool: dict[tuple[str, int], Any] = {}
         self.lock = threading.RLock()
         self.wake = threading.Event()
-        self.recovered = self._recover()
+        self.suspending: set[int] = set()  # runs asked to checkpoint for a server stop
+        self.closing = False  # the server is stopping: admit nothing more
+        self.recovered = self._recover(fresh_groups)
         threading.Thread(target=self._loop, name="scheduler", daemon=True).start()
 
     # -- the loop --------------------------------------------------------------------------
@@ -171,8 +186,10 @@ class Scheduler:
             self._end(run, RunStatus.FAILED, failed[0].get("error"))
         elif run.stop_requested:
             self._end(run, RunStatus.STOPPED, None, epochs_done=max(done, run.epochs_done))
+        elif run.id in self.suspending and results[0]["outcome"] != Outcome.COMPLETED:
+            self._suspend(run, max(done, run.epochs_done))
         elif crashed and all(r.get("node_lost") for r in crashed):
-            self._requeue(run)
+            self._requeue(run, crashed[0].get("requeue_note") or LOST_NODE_NOTE)
         elif crashed:
             self._restart(run, crashed[0].get("error") or "a worker died")
         elif results[0]["outcome"] == Outcome.STOPPED:
@@ -197,29 +214,76 @@ class Scheduler:
             self.store,
             run.id,
             RunStatus.STARTING,
-            note=f"restart {run.restarts + 1}: {error}"[:200],
+            note=f"restart {run.restarts + 1}: {error[:160]}; {self._resuming_from(run)}"[:600],
             restarts=run.restarts + 1,
         )
         log.warning("run %s: %s; resuming from its last checkpoint", run.id, error)
         self._launch(moved, moved.placement or [], resume=True)
 
-    def _requeue(self, run: models.Run) -> None:
-        """A node under the run was lost: not the run's fault, so it spends no restart. It
-        waits in the queue until its reservation is placed again, then resumes from its
-        last checkpoint."""
+    def _resuming_from(self, run: models.Run) -> str:
+        """Which checkpoint a restart will load, and why newer ones are skipped (said in the
+        run's history; the trainer's log says it again as it loads)."""
+        try:
+            model = models.get(self.store, run.tenant, run.model_id)
+            epoch, skipped = checkpoints.newest_intact(model.url)
+        except Exception as exc:  # storage down: the trainer will say what it found
+            return f"resuming from its last checkpoint ({exc})"
+        said = f"resuming from epoch {epoch}" if epoch else "no checkpoint: starting at epoch 1"
+        return said + (" (" + "; ".join(skipped) + ")" if skipped else "")
+
+    def _requeue(self, run: models.Run, note: str) -> None:
+        """A node under the run was lost (or the whole cluster): not the run's fault, so it
+        spends no restart. It waits in the queue until its reservation is placed again, then
+        resumes from its last checkpoint."""
+        models.move(
+            self.store, run.id, RunStatus.QUEUED, note=note, placement=None, reason=REPLACING
+        )
+        log.warning("run %s: %s", run.id, note)
+
+    def _suspend(self, run: models.Run, epochs_done: int) -> None:
         models.move(
             self.store,
             run.id,
-            RunStatus.QUEUED,
-            note="a node under it was lost: back in the queue",
+            RunStatus.SUSPENDED,
+            note=f"the server is stopping: checkpointed after epoch {epochs_done}",
             placement=None,
-            reason=REPLACING,
+            reason=SUSPENDED_REASON,
+            epochs_done=epochs_done,
         )
-        log.warning("run %s: a node under it was lost; queued again", run.id)
+        log.info("run %s of model %s: Suspended after epoch %s", run.id, run.model_id, epochs_done)
+
+    def suspend_all(self, grace_s: float) -> dict[str, list[int]]:
+        """For `server stop`: admit nothing more, ask every launched run to checkpoint and
+        end, and wait (up to grace_s and the stop margin) for them to be Suspended. A run
+        that does not end in time is left as it is: the next start finds its workers gone
+        with the cluster and queues it again from its last periodic checkpoint."""
+        with self.lock:
+            self.closing = True
+            for run_id, active in self.active.items():
+                run, _ = models.get_run(self.store, run_id)
+                if run.stop_requested:
+                    continue  # a user's stop in progress: it ends Stopped as asked
+                self.suspending.add(run_id)
+                active.stop_within(grace_s + STOP_MARGIN_S)
+                for actor in active.actors:
+                    actor.stop.remote(active.key, grace_s)
+            asked = sorted(self.suspending)
+        self.wake.set()
+        deadline = time.monotonic() + grace_s + STOP_MARGIN_S
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not (self.suspending & set(self.active)):
+                    break
+            time.sleep(0.1)
+        with self.lock:
+            left = sorted(self.suspending & set(self.active))
+        return {"suspended": [r for r in asked if r not in left], "left": left}
 
     # -- admission -----------------------------------------------------------------------
 
     def _admit(self) -> None:
+        if self.closing:
+            return
         for w in read_waiting_across_tenants(self.store):
             self._admit_tenant(w)
 
@@ -331,9 +395,12 @@ class Scheduler:
         """Queued: Stopped now. Starting/Running: ask the workers to checkpoint and end."""
         with self.lock:
             current, _ = models.get_run(self.store, run.id)
-            if current.status is RunStatus.QUEUED:
+            if current.status in (RunStatus.QUEUED, RunStatus.SUSPENDED):
                 return models.move(
-                    self.store, run.id, RunStatus.STOPPED, note="stopped while queued"
+                    self.store,
+                    run.id,
+                    RunStatus.STOPPED,
+                    note=f"stopped while {current.status.value.lower()}",
                 )
             models.update_run(self.store, run.id, stop_requested=True)
             active = self.active.get(run.id)
@@ -346,10 +413,21 @@ class Scheduler:
 
     # -- recovery ------------------------------------------------------------------------
 
-    def _recover(self) -> dict[str, list[int]]:
-        """Re-attach to the workers of every launched run; what is gone resumes or ends."""
+    def _recover(self, fresh_groups: frozenset[str]) -> dict[str, list[int]]:
+        """Re-attach to the workers of every launched run; what is gone resumes or ends.
+        Suspended runs (a server stop) go back to the queue, at their place."""
         attached: list[int] = []
         lost: list[int] = []
+        requeued: list[int] = []
+        for run in models.runs_in(self.store, {RunStatus.SUSPENDED}):
+            models.move(
+                self.store,
+                run.id,
+                RunStatus.QUEUED,
+                note="the server started again: it resumes from its last checkpoint",
+                reason=None,
+            )
+            requeued.append(run.id)
         for run in models.runs_in(self.store, {RunStatus.STARTING, RunStatus.RUNNING}):
             actors = []
             group = accounts.get_tenant(self.store, run.tenant).placement_group
@@ -365,9 +443,17 @@ class Scheduler:
                 for rank, actor in enumerate(actors):
                     active.refs[actor.wait.remote(run.launch_key)] = rank
                 attached.append(run.id)
+            elif group in fresh_groups:  # the cluster went, with every worker: requeue
+                active.results[0] = {
+                    "outcome": Outcome.CRASHED,
+                    "error": "its workers went with the cluster",
+                    "node_lost": True,
+                    "requeue_note": CLUSTER_LOST_NOTE,
+                }
+                requeued.append(run.id)
             else:
                 active.results[0] = {"outcome": Outcome.CRASHED, "error": "its workers were lost"}
                 lost.append(run.id)
             self.active[run.id] = active
-        log.info("recovered runs: attached %s, lost %s", attached, lost)
-        return {"attached": attached, "lost": lost}
+        log.info("recovered runs: attached %s, lost %s, queued again %s", attached, lost, requeued)
+        return {"attached": attached, "lost": lost, "requeued": requeued}

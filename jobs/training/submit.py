@@ -126,9 +126,15 @@ def resume(
     found = [int(c["epoch"]) for c in checkpoints.list_checkpoints(model.url)]
     if checkpoint is not None and checkpoint not in found:
         raise InvalidInput(f"model {model_id} has no checkpoint {checkpoint}; it has {found}")
-    # No checkpoint (stopped while queued, or none could be written): it starts over, and
-    # the new attempt's history says so.
-    start = checkpoint if checkpoint is not None else (found[-1] if found else 0)
+    skipped: list[str] = []
+    if checkpoint is not None:
+        checkpoints.intact(model.url, checkpoint)  # a corrupt one: 422 naming the file, now
+        start = checkpoint
+    else:
+        # The newest whose bytes are intact; no checkpoint at all (stopped while queued, or
+        # none could be written): it starts over. The new attempt's history says which.
+        newest, skipped = checkpoints.newest_intact(model.url)
+        start = newest or 0
     target = epochs if epochs is not None else max(model.options.epochs, last.epochs)
     if target < 1:
         raise InvalidInput(f"epochs must be at least 1, not {target}")
@@ -137,5 +143,9 @@ def resume(
             f"model {model_id} is at epoch {start} already: ask for more epochs (-e {start + 1})"
         )
     usable_dataset(store, tenant, model.train_dataset_id, "training")
-    note = f"resumed from epoch {start}" if found else "no checkpoint: starting at epoch 1"
+    note = f"resumed from epoch {start}" if start else "no checkpoint: starting at epoch 1"
+    if skipped:
+        note += " (" + "; ".join(skipped) + ")"
+    # With no --checkpoint the trainer takes the newest intact one itself (the same one, and
+    # its log says why newer ones were skipped); with one, exactly that one.
     return models.new_attempt(store, tenant, model_id, target, checkpoint, start, note)

@@ -121,7 +121,7 @@ class _Run:
             return 0, None
         epoch, found = cfg.resume_epoch, None
         if epoch is None and self.lead:  # rank 0 picks; the others load the same one
-            found = checkpoints.load_latest(cfg.run_url)
+            found = checkpoints.load_latest(cfg.run_url, skipped=self.reporter.log)
             epoch = found[0] if found is not None else -1
         epoch = self._agree(-1 if epoch is None else epoch)
         if epoch < 0:

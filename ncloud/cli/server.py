@@ -100,11 +100,20 @@ def admin_token(
 
 
 @app.command("stop")
-def stop(output: OutputOpt = Output.table) -> None:
-    """Stop what `start` started; every record stays for the next start."""
+def stop(
+    hard: Annotated[
+        bool,
+        typer.Option(
+            "--hard", help="Do not checkpoint running runs first (they resume from their last)."
+        ),
+    ] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Stop what `start` started; every record stays for the next start. Running runs are
+    checkpointed and Suspended first, and resume at the next start (no restart spent)."""
     from cluster.control import local
 
-    render(local.stop(), None, output)
+    render(local.stop(hard=hard), None, output)
 
 
 @app.command("status")

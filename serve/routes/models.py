@@ -59,7 +59,7 @@ def describe(
         "restarts": run.restarts,
         "max_restarts": run.max_restarts,
         "position": (positions or {}).get(model.id) if run.status is RunStatus.QUEUED else None,
-        "reason": run.reason if run.status is RunStatus.QUEUED else None,
+        "reason": run.reason if run.status in (RunStatus.QUEUED, RunStatus.SUSPENDED) else None,
         "progress": run.progress,
         "error": run.error,
         "deployment": dep.value if dep else None,
@@ -94,7 +94,7 @@ def list_models(status: str | None = None, c: Caller = Depends(caller)) -> list[
     tenant = c.require_tenant()
     groups = {
         "done": {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.STOPPED},
-        "training": {RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING},
+        "training": {RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING, RunStatus.SUSPENDED},
     }
     if status is not None and status not in groups:
         raise InvalidInput(f"status must be one of {sorted(groups)}, not {status!r}")

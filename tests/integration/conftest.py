@@ -113,11 +113,14 @@ class Server:
         )
         return json.loads(out.stdout)
 
-    def stop(self) -> None:
+    def stop(self, hard: bool = False) -> dict[str, Any]:
+        """`ncloud server stop` (--hard: without suspending runs first); what it printed."""
         for c in self.clients.values():
             c.close()
         self.clients.clear()
-        self.cli("server", "stop", check=False, timeout=120)
+        flags = ["--hard"] if hard else []
+        out = self.cli("server", "stop", *flags, "-o", "json", check=False, timeout=180)
+        return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
 def upload_dataset(server: Server, manifest: Path, name: str, token: str, tenant: str) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -459,3 +461,87 @@ def test_two_replicas_serving_an_earlier_checkpoint(server: Server, shop: dict[s
     png = [("file", ("a.png", png_image(16, 16)))]
     for _ in range(4):
         assert post(server, shop["cnn"], found["token"], files=png).status_code == 200
+
+
+def _replica_pids(server: Server, model_id: int) -> list[int]:
+    from ray.util.state import list_actors
+
+    alive = list_actors(
+        address=server.dashboard_url,
+        filters=[
+            ("class_name", "=", f"ServeReplica:ncloud-model-{model_id}:model"),
+            ("state", "=", "ALIVE"),
+        ],
+    )
+    return sorted(int(a.pid) for a in alive if a.pid is not None)
+
+
+def _under_load(
+    server: Server, model_id: int, token: str, kill: list[int], seconds: float
+) -> list[tuple[float, int, str, str]]:
+    """(time since the kill, status, Content-Type, Retry-After) of each prediction that 4
+    clients sent one after another, from a second before the kill until `seconds` after."""
+    png = [("file", ("a.png", png_image(16, 16)))]
+    answers: list[tuple[float, int, str, str]] = []
+    done = threading.Event()
+    killed_at = [float("inf")]
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not done.is_set():
+                try:
+                    r = http.post(
+                        predict_url(server, model_id),
+                        headers={"Authorization": f"Bearer {token}"},
+                        files=png,
+                    )
+                except httpx.HTTPError as exc:  # no answer at all: as bad as a plain 500
+                    answers.append((time.monotonic() - killed_at[0], 0, repr(exc), ""))
+                    continue
+                at = time.monotonic() - killed_at[0]
+                kind = r.headers.get("content-type", "")
+                answers.append((at, r.status_code, kind, r.headers.get("retry-after", "")))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    killed_at[0] = time.monotonic()
+    for pid in kill:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(seconds)
+    done.set()
+    for t in threads:
+        t.join(timeout=60)
+    return answers
+
+
+def test_a_killed_replica_loses_no_request_and_a_killed_deployment_says_retry(
+    server: Server, shop: dict[str, Any]
+) -> None:
+    """After test_two_replicas_...: kill -9 one of the two replicas under load, then both."""
+    client: Client = shop["client"]
+    model_id = shop["cnn"]
+    assert client.models.deployment(model_id)["replicas"] == 2
+    pids = _replica_pids(server, model_id)
+    assert len(pids) == 2, pids
+    token = shop["token"]
+    one = _under_load(server, model_id, token, pids[:1], 4.0)
+    # The front sends a request the dead replica had again to the other one; only an answer
+    # it was writing at the instant of the kill is lost, and that one is a JSON 503, retry.
+    cut = [a for a in one if a[1] != 200]
+    assert len(one) > 20 and len(cut) <= 1, cut
+    assert all((s, kind, retry) == (503, "application/json", "1") for _, s, kind, retry in cut)
+    wait_for(lambda: len(_replica_pids(server, model_id)) == 2, 120, "the replica back")
+
+    both = _under_load(server, model_id, token, _replica_pids(server, model_id), 30.0)
+    refused = [a for a in both if a[1] != 200]
+    for at, status, kind, retry in refused:  # never a plain-text 500: a JSON 503, retry
+        assert (status, kind, retry) == (503, "application/json", "1"), (at, status, kind)
+    last = max([at for at, _, _, _ in refused], default=0.0)
+    back = [at for at, status, _, _ in both if status == 200 and at > max(last, 0.0)]
+    assert back, "answers again once Serve has started the replicas again"
+    first = refused[0][0] if refused else float("nan")
+    print(f"\ntimeline (both replicas killed at 0 s): first refusal {first:.2f} s, "
+          f"{len(refused)} refused (the last at {last:.2f} s), "
+          f"200 again at {back[0]:.2f} s")  # fmt: skip

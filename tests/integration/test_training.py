@@ -194,6 +194,36 @@ def test_stop_then_resume_continues_the_metrics(server: Server, lab: dict[str, A
         client.models.stop(model["id"])
 
 
+def test_a_corrupt_checkpoint_is_refused_by_name_and_skipped_saying_so(
+    server: Server, lab: dict[str, Any]
+) -> None:
+    client = as_user(server, lab)
+    model = submit(client, lab, "corrupt", slow_py(sleep=0.03), epochs=30, checkpoint_every=1)
+    wait_for(lambda: client.models.show(model["id"])["epochs_done"] >= 3, 240, "three epochs")
+    client.models.stop(model["id"])
+    latest = client.models.show(model["id"])["checkpoints"][-1]
+    folder = server.home / "storage" / "tenants" / lab["tenant"] / "models" / str(model["id"])
+    pt = folder / "checkpoints" / f"ckpt-{latest:04d}.pt"
+    data = bytearray(pt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pt.write_bytes(bytes(data))
+
+    with pytest.raises(InvalidInput, match=rf"ckpt-{latest:04d}\.pt is corrupt"):
+        client.models.resume(model["id"], epochs=latest + 3, checkpoint=latest)
+    assert client.models.show(model["id"])["attempt"] == 1  # nothing queued
+    client.models.resume(model["id"], epochs=latest + 3)
+    first = client.models.show(model["id"])["runs"][-1]["history"][0]["note"]
+    assert first.startswith(f"resumed from epoch {latest - 1} (checkpoint {latest} skipped: "), (
+        first
+    )
+    assert "is corrupt" in first
+    done = until(client, model["id"], TERMINAL)
+    assert done["status"] == "Completed", done
+    log = "\n".join(e["line"] for e in client.models.logs(model["id"])["lines"])
+    assert f"checkpoint {latest} skipped: checkpoint" in log
+    assert f"resumed from the checkpoint of epoch {latest - 1}" in log
+
+
 def test_a_run_stopped_while_queued_resumes_from_the_start(
     server: Server, lab: dict[str, Any]
 ) -> None:

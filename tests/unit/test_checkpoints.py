@@ -117,6 +117,16 @@ def test_a_corrupt_latest_falls_back_to_the_one_before(
     assert latest is not None and latest[0] == 2
     assert torch.equal(latest[1]["model"]["weight"], torch.full((2, 3), 2.0))
     assert "skipping checkpoint 3" in caplog.text
+    said: list[str] = []
+    assert checkpoints.load_latest(run_url, skipped=said.append) is not None
+    assert len(said) == 1 and said[0].startswith("checkpoint 3 skipped: checkpoint ")
+    assert "ckpt-0003.pt is corrupt" in said[0]
+    # The trusted side's check, without unpickling: the same choice, the same reason.
+    assert checkpoints.newest_intact(run_url) == (2, said)
+    assert checkpoints.newest_intact(run_url, at_most=1) == (1, [])
+    assert checkpoints.newest_intact(f"{run_url}-none") == (None, [])
+    with pytest.raises(InvalidInput, match=r"ckpt-0003\.pt is corrupt"):
+        checkpoints.intact(run_url, 3)
     at_most = checkpoints.load_latest(run_url, at_most=1)
     assert at_most is not None and at_most[0] == 1
     assert checkpoints.load_latest(f"{run_url}-none") is None

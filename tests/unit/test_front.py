@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -54,13 +57,19 @@ def test_longest_prefix_first_and_a_prefix_is_not_a_name_start() -> None:
     assert f"maxconn {front.MODEL_MAXCONN}" in model and "timeout queue" in model
     api = text.split("backend route2\n")[1].split("backend ")[0]  # /api/v1
     assert "maxconn" not in api and "timeout queue" not in api
+    # A prediction whose replica died under it is sent again to another; an API call (an
+    # upload, a create) never: only one that never reached a replica.
+    assert "retry-on conn-failure empty-response" in model and "http-buffer-request" in model
+    assert "retry-on" not in api and "http-buffer-request" not in api
+    assert "  retry-on conn-failure\n" in text.split("frontend api")[0]
 
 
 def test_error_pages_are_json_with_retry_after() -> None:
+    sent = {502: 503, 503: 503, 504: 504}  # a replica gone mid-request: 503, retry
     for status in front.ERRORS:
         page = front.error_page(status)
         head, _, body = page.partition("\r\n\r\n")
-        assert head.startswith(f"HTTP/1.1 {status} ")
+        assert head.startswith(f"HTTP/1.1 {sent[status]} ")
         assert "Retry-After: 1" in head and f"Content-Length: {len(body)}" in head
         assert set(json.loads(body)) == {"code", "message"}
 
@@ -76,3 +85,36 @@ def test_haproxy_accepts_the_config(tmp_path: Path) -> None:
         [haproxy, "-c", "-f", str(made.config_path)], capture_output=True, text=True, timeout=30
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_front_left_running_is_adopted_with_its_routes(tmp_path: Path) -> None:
+    """A new controller keeps the routes of the HAProxy it adopts until it reads Serve's."""
+    import socket
+
+    haproxy = front.binary()
+    if haproxy is None:
+        pytest.skip("no HAProxy on this machine (make install puts it there)")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cfg = front.FrontConfig("127.0.0.1", ports[0], ports[1], str(tmp_path))
+    first, adopter = front.Front(cfg, haproxy), front.Front(cfg, haproxy)
+    first.sync(front.routes_from(_groups()))
+    deadline = time.monotonic() + 10
+    while (pid := front.left_running(tmp_path)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the child has exec'd HAProxy
+    try:
+        assert pid is not None and first.proc is not None and first.proc.pid == pid
+        rendered = first.config_path.read_text()
+        assert "/models/10" in rendered
+        adopter.bind()  # what start() does before its thread reads Serve's routes
+        assert adopter.rendered == rendered and adopter.config_path.read_text() == rendered
+        time.sleep(0.5)
+        assert front.left_running(tmp_path) == pid  # the same master, never reloaded to none
+        assert "reload" not in (tmp_path / "haproxy.log").read_text().lower()
+    finally:
+        if first.proc is not None:  # the master and its worker: a process group of their own
+            os.killpg(first.proc.pid, signal.SIGKILL)
+            first.proc.wait(timeout=10)
