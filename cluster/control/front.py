@@ -145,9 +145,12 @@ def render(cfg: FrontConfig, routes: list[Route]) -> str:
                 "  option http-server-close",
             ]
             limit = f" maxconn {MODEL_MAXCONN}"
+        # A replica that refuses a connection is taken out at once, not at its next check:
+        # the retry goes to another, or to Serve's proxy, which holds it until Serve has a
+        # replica again.
         lines += [
             f"  server replica{i} 127.0.0.1:{port} check inter {CHECK_INTER_MS} fall 1 rise 1"
-            + limit
+            " observe layer4 error-limit 1 on-error mark-down" + limit
             for i, port in enumerate(route.ports)
         ]
         lines.append(f"  server serve 127.0.0.1:{cfg.serve_port} backup")
