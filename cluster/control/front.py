@@ -134,7 +134,11 @@ def render(cfg: FrontConfig, routes: list[Route]) -> str:
         if route.prefix.startswith(MODEL_PREFIX):
             lines += [
                 f"  timeout queue {QUEUE_S}s",
-                "  option http-buffer-request",  # whole, so that it can be sent again
+                # A body that fits the buffer is held whole, so that it can be sent again; a
+                # larger one streams (and, declared over a replica's limit, is refused by
+                # the replica before it is read, as without the front).
+                "  http-request wait-for-body time 1s"
+                f" if {{ req.hdr_val(content-length) le {BUFFER} }}",
                 f"  retry-on {MODEL_RETRY_ON}",
                 # An answer is forwarded once whole: one cut short (its replica killed while
                 # writing it) is then the JSON 503 below, not half a body.

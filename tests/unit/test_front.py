@@ -59,8 +59,9 @@ def test_longest_prefix_first_and_a_prefix_is_not_a_name_start() -> None:
     assert "maxconn" not in api and "timeout queue" not in api
     # A prediction whose replica died under it is sent again to another; an API call (an
     # upload, a create) never: only one that never reached a replica.
-    assert "retry-on conn-failure empty-response" in model and "http-buffer-request" in model
-    assert "retry-on" not in api and "http-buffer-request" not in api
+    assert "retry-on conn-failure empty-response" in model and "wait-for-body" in model
+    assert "req.hdr_val(content-length) le 65536" in model  # a huge body streams, refused early
+    assert "retry-on" not in api and "wait-for-body" not in api
     assert "  retry-on conn-failure\n" in text.split("frontend api")[0]
 
 
