@@ -12,6 +12,11 @@ MAX_ARCHIVE_FILES = 10_000
 MAX_ARCHIVE_BYTES = 64 << 20
 
 
+def archive_limit(max_file_bytes: int) -> int:
+    """The most an archive of files may hold in all (each file is held to max_file_bytes)."""
+    return max(max_file_bytes, MAX_ARCHIVE_BYTES)
+
+
 def host_of(url: str) -> str:
     """The host part of an API URL: what users type in `configure --host`."""
     return url.rstrip("/").removesuffix(API_PREFIX)

@@ -116,7 +116,7 @@ def pack(files: list[tuple[Path, str]]) -> bytes:
     return buffer.getvalue()
 
 
-Job = tuple[list[tuple[Path, str]], int]  # files, their bytes
+Job = tuple[list[tuple[Path, str]], int, bool]  # files, their bytes, sent as one archive
 
 
 def plan(files: list[tuple[Path, str]], packed: bool) -> list[Job]:
@@ -128,15 +128,15 @@ def plan(files: list[tuple[Path, str]], packed: bool) -> list[Job]:
     for path, name in files:
         size = path.stat().st_size
         if not packed or size >= PACK_BELOW:
-            jobs.append(([(path, name)], size))
+            jobs.append(([(path, name)], size, False))
             continue
         if batch and (batch_bytes + size > PACK_BYTES or len(batch) >= PACK_FILES):
-            jobs.append((batch, batch_bytes))
+            jobs.append((batch, batch_bytes, True))
             batch, batch_bytes = [], 0
         batch.append((path, name))
         batch_bytes += size
     if batch:
-        jobs.append((batch, batch_bytes))
+        jobs.append((batch, batch_bytes, True))
     return jobs
 
 
@@ -150,7 +150,7 @@ def upload_files(
     """Send each (local path, remote name), `parallel` requests at a time: put(name, chunks,
     size) streams one file; put_many(archive), when given, takes a tar of many small ones."""
     jobs = plan(files, put_many is not None)
-    total = sum(size for _, size in jobs)
+    total = sum(size for _, size, _ in jobs)
     columns = (
         TextColumn("{task.fields[files]}"),
         TextColumn(f"[bold]{label}"),
@@ -164,14 +164,13 @@ def upload_files(
         started, done = time.monotonic(), [0]
 
         def one(job: Job) -> None:
-            batch, size = job
-            if len(batch) == 1 and (put_many is None or size >= PACK_BELOW):
-                path, name = batch[0]
-                put(name, _read(path, lambda n: progress.advance(by_bytes, n)), size)
-            else:
-                assert put_many is not None
+            batch, size, packed = job
+            if packed and put_many is not None:
                 put_many(pack(batch))
                 progress.advance(by_bytes, size)
+            else:
+                path, name = batch[0]
+                put(name, _read(path, lambda n: progress.advance(by_bytes, n)), size)
             done[0] += len(batch)
             rate = done[0] / max(time.monotonic() - started, 1e-3)
             progress.update(by_bytes, files=f"{done[0]}/{len(files)} files, {rate:.0f} files/s")

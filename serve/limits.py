@@ -8,7 +8,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ncloud.errors import PayloadTooLarge
-from ncloud.protocol import ARCHIVE_TYPE, MAX_ARCHIVE_BYTES
+from ncloud.protocol import ARCHIVE_TYPE, archive_limit
 from ncloud.validation import format_size
 
 _FILE_TYPES = ("multipart/form-data", "application/octet-stream")
@@ -58,7 +58,7 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         if content_type.startswith(ARCHIVE_TYPE):
-            return max(self.max_file, MAX_ARCHIVE_BYTES)  # each file in it is held to max_file
+            return archive_limit(self.max_file)
         if content_type.startswith(_FILE_TYPES):
             return self.max_file
         return self.max_text if content_type.startswith("text/") else self.max_body

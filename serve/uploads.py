@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cluster.core import storage
 from ncloud.errors import InvalidInput, PayloadTooLarge
-from ncloud.protocol import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_FILES
+from ncloud.protocol import MAX_ARCHIVE_FILES, archive_limit
 from ncloud.settings import settings
 from ncloud.validation import format_size
 
@@ -85,12 +85,8 @@ async def receive_archive(request: Request, target: Target) -> dict[str, int]:
     """
     limit = settings().max_file_bytes
     with tempfile.TemporaryFile() as spool:
-        await _spool(request, spool, archive_limit(), "archive")
+        await _spool(request, spool, archive_limit(limit), "archive")
         return await run_in_threadpool(_store_members, spool, target, limit)
-
-
-def archive_limit() -> int:
-    return max(settings().max_file_bytes, MAX_ARCHIVE_BYTES)
 
 
 def _store_members(spool: IO[bytes], target: Target, limit: int) -> dict[str, int]:
@@ -103,8 +99,7 @@ def _store_members(spool: IO[bytes], target: Target, limit: int) -> dict[str, in
                 handle = tar.extractfile(member)
                 if handle is None:  # _plan let only regular files through
                     raise InvalidInput(f"archive member {member.name!r} has no data")
-                chunks = iter(lambda h=handle: h.read(storage.CHUNK), b"")  # type: ignore[misc]
-                stored[name] = storage.write_stream(url, chunks, limit)
+                stored[name] = storage.write_stream(url, _chunks(handle), limit)
             return stored
     except tarfile.TarError as exc:
         raise InvalidInput(f"the body is not a readable tar archive: {exc}") from None

@@ -29,13 +29,14 @@ def test_small_files_are_packed_by_bytes_and_count_and_large_ones_go_alone(
     monkeypatch.setattr(uploads, "PACK_BELOW", 500)
     files = _files(tmp_path, {"a": 400, "b": 400, "big": 600, "c": 300, "d": 100, "e": 100, "f": 1})
     jobs = uploads.plan(files, packed=True)
-    assert [([n for _, n in batch], size) for batch, size in jobs] == [
-        (["big"], 600),
-        (["a", "b"], 800),  # c would pass 1,000 bytes
-        (["c", "d", "e"], 500),  # f would be a fourth file
-        (["f"], 1),
+    assert [([n for _, n in batch], size, p) for batch, size, p in jobs] == [
+        (["big"], 600, False),
+        (["a", "b"], 800, True),  # c would pass 1,000 bytes
+        (["c", "d", "e"], 500, True),  # f would be a fourth file
+        (["f"], 1, True),
     ]
-    assert [len(b) for b, _ in uploads.plan(files, packed=False)] == [1] * 7
+    alone = uploads.plan(files, packed=False)
+    assert [(len(b), p) for b, _, p in alone] == [(1, False)] * 7
 
 
 def test_the_archive_holds_each_file_as_a_plain_regular_file(tmp_path: Path) -> None:
