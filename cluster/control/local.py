@@ -438,20 +438,20 @@ def stop(hard: bool = False) -> dict[str, Any]:
     _state_path().unlink(missing_ok=True)
     found: dict[str, Any] = {"stopped": True, "api_url": state.api_url, "pid": state.pid}
     if suspended is not None:
-        found["suspended_runs"] = suspended["suspended"]
+        found["suspended_models"] = suspended["suspended"]
         if suspended["left"]:
-            found["runs_not_suspended"] = suspended["left"]  # resume from a periodic checkpoint
+            found["models_not_suspended"] = suspended["left"]  # resume from a periodic checkpoint
     return found
 
 
 def _suspend_runs(state: ServerState) -> dict[str, list[int]] | None:
     """Ask the controller to checkpoint and suspend every run in progress; None when it
     cannot be asked (a dead head): the runs then resume from their last periodic checkpoint."""
+    if state.pid is not None:  # before Ray is imported: it reads its auth settings once
+        os.environ.update(ray_auth_env())
     import ray
 
     try:
-        if state.pid is not None:
-            os.environ.update(ray_auth_env())
         connect(
             state.ray_address, namespace=NAMESPACE, logging_level=logging.WARNING,
             log_to_driver=False,

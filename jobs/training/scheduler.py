@@ -256,7 +256,9 @@ class Scheduler:
         """For `server stop`: admit nothing more, ask every launched run to checkpoint and
         end, and wait (up to grace_s and the stop margin) for them to be Suspended. A run
         that does not end in time is left as it is: the next start finds its workers gone
-        with the cluster and queues it again from its last periodic checkpoint."""
+        with the cluster and queues it again from its last periodic checkpoint. Returns the
+        models suspended, and those left."""
+        model_of: dict[int, int] = {}
         with self.lock:
             self.closing = True
             for run_id, active in self.active.items():
@@ -264,6 +266,7 @@ class Scheduler:
                 if run.stop_requested:
                     continue  # a user's stop in progress: it ends Stopped as asked
                 self.suspending.add(run_id)
+                model_of[run_id] = run.model_id
                 active.stop_within(grace_s + STOP_MARGIN_S)
                 for actor in active.actors:
                     actor.stop.remote(active.key, grace_s)
@@ -277,7 +280,11 @@ class Scheduler:
             time.sleep(0.1)
         with self.lock:
             left = sorted(self.suspending & set(self.active))
-        return {"suspended": [r for r in asked if r not in left], "left": left}
+        # Said by model, as users name them (`model show ID`).
+        return {
+            "suspended": sorted(model_of[r] for r in asked if r not in left),
+            "left": sorted(model_of[r] for r in left),
+        }
 
     # -- admission -----------------------------------------------------------------------
 

@@ -69,8 +69,13 @@ class Server:
         tenant: str | None = None,
         check: bool = True,
         timeout: float = 300,
+        own_ray_auth: bool = False,
     ) -> subprocess.CompletedProcess[str]:
+        """own_ray_auth: without this process's Ray token settings, as a user runs `server`
+        commands (they must find the cluster's token under NCLOUD_HOME by themselves)."""
         env = dict(self.env)
+        if own_ray_auth:
+            env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH_")}
         env["NCLOUD_TOKEN"] = token or self.admin_token
         if tenant:
             env["NCLOUD_TENANT"] = tenant
@@ -110,6 +115,7 @@ class Server:
             "-o",
             "json",
             timeout=400,
+            own_ray_auth=True,
         )
         return json.loads(out.stdout)
 
@@ -119,7 +125,12 @@ class Server:
             c.close()
         self.clients.clear()
         flags = ["--hard"] if hard else []
-        out = self.cli("server", "stop", *flags, "-o", "json", check=False, timeout=180)
+        state = self.home / "server.json"
+        # A local head's token is under NCLOUD_HOME; an attached cluster's is the caller's.
+        local = state.exists() and json.loads(state.read_text()).get("pid") is not None
+        out = self.cli(
+            "server", "stop", *flags, "-o", "json", check=False, timeout=180, own_ray_auth=local
+        )
         return json.loads(out.stdout) if out.returncode == 0 else {}
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Server, actor_pid, wait_for
+from examples.digits import make_digits
+from ncloud.client import Client
+from tests.integration.conftest import Server, actor_pid, upload_dataset, wait_for
+from tests.integration.lab import TERMINAL, slow_py, until
 from tests.s3 import free_port
 
 
@@ -67,6 +73,118 @@ def test_sigkill_of_the_control_plane_loses_nothing(server: Server) -> None:
         c.tenants.remove("durable", force=True)
 
 
+def _epochs(client: Client, model_id: int) -> int:
+    return int(client.models.show(model_id)["epochs_done"])
+
+
+def _at(model: Any, status: str) -> list[float]:
+    """When the model's last run entered `status`, each time, as epoch seconds."""
+    return [
+        dt.datetime.fromisoformat(h["at"]).replace(tzinfo=dt.UTC).timestamp()
+        for h in model["runs"][-1]["history"]
+        if h["status"] == status
+    ]
+
+
+def _until_epochs(client: Client, model_id: int, epochs: int, what: str) -> None:
+    try:
+        wait_for(lambda: _epochs(client, model_id) >= epochs, 240, what)
+    except AssertionError as exc:
+        shown = client.models.show(model_id)
+        steps = [
+            (h["at"][11:19], h["status"], h["note"][:80]) for h in shown["runs"][-1]["history"]
+        ]
+        raise AssertionError(
+            f"{exc}: {shown['status']} at {shown['epochs_done']}: {steps}"
+        ) from exc
+
+
+@pytest.mark.timeout(900)
+def test_a_run_spans_a_stop_start_and_a_kill_9_of_the_whole_server_spending_no_restart(
+    server: Server, tmp_path: Path
+) -> None:
+    """Determined's master-restart bar: the run goes on from its checkpoint each time, its
+    epochs continuing, with no restart charged (it may spend none: --max-restarts 0)."""
+    c = server.client()
+    c.tenants.add("spans", 1, 0, "512MiB")
+    user = c.users.add("sam@example.com", ["spans"])
+    try:
+        make_digits(tmp_path / "digits", size=8)
+        ds = upload_dataset(server, tmp_path / "digits" / "valid.tsv", "d", user["token"], "spans")
+        me = server.client(token=user["token"], tenant="spans")
+        model = me.models.train(
+            "spans", "net.py", slow_py(sleep=0.25), ds, epochs=14, max_restarts=0,
+            checkpoint_every=1,
+        )  # fmt: skip
+        mid = model["id"]
+        _until_epochs(me, mid, 2, "two epochs before the stop")
+        behind = me.models.train("behind", "net.py", slow_py(sleep=0.0), ds, epochs=1)["id"]
+        assert me.models.show(behind)["status"] == "Queued"  # the tenant's one slot is taken
+
+        t_stop = time.time()
+        said = server.stop()
+        t_stopped = time.time()
+        assert said.get("suspended_models") == [mid], said
+        server.start()
+        t_started = time.time()
+        me = server.client(token=user["token"], tenant="spans")
+        before = _epochs(me, mid)
+        _until_epochs(me, mid, before + 2, "two epochs after the start")
+        shown = me.models.show(mid)
+        steps = [h["status"] for h in shown["runs"][-1]["history"]]
+        assert "Suspended" in steps and steps[steps.index("Suspended") + 1] == "Queued", steps
+        assert shown["restarts"] == 0 and len(shown["runs"]) == 1, shown
+
+        assert shown["epochs_done"] < 14, (
+            "the run must still be going for the kill to mean anything"
+        )
+        assert me.models.show(behind)["status"] == "Queued"  # still behind it, at its place
+        # kill -9 of every process of the server, mid-epoch: the same, from the last checkpoint
+        pid = int(json.loads((server.home / "server.json").read_text())["pid"])
+        t_kill = time.time()
+        os.killpg(pid, signal.SIGKILL)
+        wait_for(lambda: server.cli("info", check=False).returncode == 1, 60, "the server to die")
+        server.start()
+        t_restarted = time.time()
+        me = server.client(token=user["token"], tenant="spans")
+        done = until(me, mid, TERMINAL, 400)
+        after = until(me, behind, TERMINAL, 240)
+        assert after["status"] == "Completed" and after["restarts"] == 0, after
+        first_admitted = _at(after, "Starting")
+        assert first_admitted[0] > _at(done, "Completed")[-1], "the queue kept its order"
+        assert done["status"] == "Completed" and done["restarts"] == 0, done
+        assert done["epochs_done"] == 14 and len(done["runs"]) == 1
+        epochs = [m["epoch"] for m in done["metrics"]]
+        assert sorted(set(epochs)) == list(range(1, 15)), epochs  # each epoch, none lost
+        notes = [h["note"] for h in done["runs"][-1]["history"]]
+        assert any("the server went down under it" in n for n in notes), notes
+        running = _at(done, "Running")
+        print(
+            f"\ntimeline, server stop with a run at epoch {before}: stop took "
+            f"{t_stopped - t_stop:.1f} s (Suspended {_at(done, 'Suspended')[0] - t_stop:.1f} s "
+            f"after it began), start {t_started - t_stopped:.1f} s, the run Running again "
+            f"{running[1] - t_stopped:.1f} s after the stop returned, at epoch {before + 1}"
+            f"\ntimeline, kill -9 of the whole server: start {t_restarted - t_kill:.1f} s after "
+            f"the kill, Running again {running[2] - t_kill:.1f} s after the kill; "
+            f"restarts {done['restarts']}, epochs 1..14 each recorded"
+        )
+        # Still up a while later (a head that dies after its start would fail what follows).
+        time.sleep(20)
+        assert server.cli("info", check=False).returncode == 0, _log_tail(server)
+    finally:
+        if server.cli("info", check=False).returncode != 0:  # say why, then carry on
+            print(_log_tail(server))
+            server.start()
+        c = server.client()
+        c.users.remove("sam@example.com")
+        c.tenants.remove("spans", force=True)
+
+
+def _log_tail(server: Server) -> str:
+    log = server.home / "logs" / "server.log"
+    return log.read_text(errors="replace")[-4000:] if log.exists() else "(no server.log)"
+
+
 @pytest.mark.timeout(600)
 def test_stop_and_start_bring_everything_back(server: Server) -> None:
     c = server.client()
@@ -74,7 +192,8 @@ def test_stop_and_start_bring_everything_back(server: Server) -> None:
     user = c.users.add("lee@example.com", ["persist"])
     extra = server.client(token=user["token"]).tokens.create("second")
     try:
-        server.stop()
+        said = server.stop()  # it could ask the controller (no run was in progress)
+        assert said.get("suspended_models") == [] and "models_not_suspended" not in said, said
         gone = server.cli("info", check=False)
         assert gone.returncode == 1 and "cannot reach ncloud" in gone.stderr
         again = server.start()
