@@ -130,24 +130,17 @@ def write_stream(url: str, chunks: Iterable[bytes], max_bytes: int) -> int:
     """
     fs, path = filesystem(url)
     tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
-    local = isinstance(fs, LocalFileSystem)
-    written = 0
+    local = isinstance(fs, LocalFileSystem)  # os calls: fsspec's cost a small file's write
     try:
-        if local:  # os calls: fsspec's own cost a few times the write's for a small file
-            os.makedirs(posixpath.dirname(path), exist_ok=True)
-            out: Any = open(tmp, "wb")  # noqa: SIM115 (closed by the with below)
-        else:
-            fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            out = fs.open(tmp, "wb")
-        with out:
-            for chunk in chunks:
-                written += len(chunk)
-                if written > max_bytes:
-                    raise PayloadTooLarge(f"file is over the {format_size(max_bytes)} limit")
-                out.write(chunk)
         if local:
+            os.makedirs(posixpath.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as out:
+                written = _copy(chunks, out, max_bytes)
             os.replace(tmp, path)
         else:
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            with fs.open(tmp, "wb") as out:
+                written = _copy(chunks, out, max_bytes)
             fs.mv(tmp, path)
     except BaseException as exc:
         if local:
@@ -159,6 +152,16 @@ def write_stream(url: str, chunks: Iterable[bytes], max_bytes: int) -> int:
         if isinstance(full, StorageFull):
             raise full from None
         raise
+    return written
+
+
+def _copy(chunks: Iterable[bytes], out: Any, max_bytes: int) -> int:
+    written = 0
+    for chunk in chunks:
+        written += len(chunk)
+        if written > max_bytes:
+            raise PayloadTooLarge(f"file is over the {format_size(max_bytes)} limit")
+        out.write(chunk)
     return written
 
 
