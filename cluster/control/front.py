@@ -31,7 +31,7 @@ from cluster.control import processes
 
 log = logging.getLogger("ncloud.front")
 POLL_S = 0.5
-# A draining replica answers /-/healthz 503 before it stops; two checks a second see it.
+# A draining replica answers /-/routes 503 before it stops; two checks a second see it.
 CHECK_INTER_MS = 500
 # Serve holds a removed replica open this long so the front can stop sending it requests.
 DRAINING_S = 2
@@ -129,7 +129,15 @@ def render(cfg: FrontConfig, routes: list[Route]) -> str:
         lines.append(f"  use_backend route{n} if {_acl(route.prefix)}")
     lines.append("  default_backend serve")
     for n, route in enumerate(ordered):
-        lines += [f"backend route{n}", "  option httpchk GET /-/healthz"]
+        # /-/routes answers what /-/healthz does (503 while draining), and names the route
+        # the replica serves: a port Serve has handed on to another application's replica
+        # (after a restart) is then marked down, not sent this route's requests to be
+        # refused 404 as a path the other application does not serve.
+        lines += [
+            f"backend route{n}",
+            "  option httpchk GET /-/routes",
+            f"  http-check expect string '{{\"{route.prefix}\":'",
+        ]
         limit = ""
         if route.prefix.startswith(MODEL_PREFIX):
             lines += [

@@ -50,7 +50,9 @@ def test_longest_prefix_first_and_a_prefix_is_not_a_name_start() -> None:
     assert "bind 127.0.0.1:8000" in text
     assert text.count("server serve 127.0.0.1:40123 backup") == 4  # every route falls back
     assert "default_backend serve" in text
-    assert "check inter" in text and "option httpchk GET /-/healthz" in text
+    assert "check inter" in text and "option httpchk GET /-/routes" in text
+    # a port Serve gave to another application's replica fails the check: it names its route
+    assert """http-check expect string '{"/models/1":'""" in text
     # A model's replicas take MODEL_MAXCONN at a time, the rest wait in HAProxy; the API's
     # (long uploads) and the /models fallback's do not.
     model = text.split("backend route1\n")[1].split("backend ")[0]  # /models/1
