@@ -16,6 +16,8 @@ from ncloud.protocol import MAX_ARCHIVE_FILES, archive_limit
 from ncloud.settings import settings
 from ncloud.validation import format_size
 
+SPOOL_IN_MEMORY = 16 << 20  # twice the client's archives (ncloud.uploads.PACK_BYTES)
+
 
 def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
     handle.seek(0)
@@ -84,7 +86,9 @@ async def receive_archive(request: Request, target: Target) -> dict[str, int]:
     would store it. Returns name -> bytes stored.
     """
     limit = settings().max_file_bytes
-    with tempfile.TemporaryFile() as spool:
+    # Held in memory up to the size the client packs small files to (a disk spool wrote
+    # every byte twice); a larger archive goes to disk past that.
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
         await _spool(request, spool, archive_limit(limit), "archive")
         return await run_in_threadpool(_store_members, spool, target, limit)
 

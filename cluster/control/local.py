@@ -28,7 +28,7 @@ import httpx
 
 from cluster.control import front, lease, processes, schema, startup
 from cluster.control.attach import check_reachable, connect
-from cluster.core import accounts, storage
+from cluster.core import accounts, shutdown, storage
 from cluster.core.names import CONTROLLER, NAMESPACE, ON_HEAD, control_plane_env
 from ncloud.errors import Conflict, NcloudError, ServerError
 from ncloud.protocol import API_PREFIX
@@ -327,6 +327,7 @@ def _start(
     if address is None:  # a head killed whole (kill -9) leaves its front on the API's port
         front.stop_left(settings().home / "front")
     s = settings()
+    shutdown.end(s.home)  # a stop that died half-way left its mark: this controller records all
     if address is None:
         # Sandboxes of a head that is gone left their folders: nothing on this node uses them.
         shutil.rmtree(s.sandbox_dir, ignore_errors=True)
@@ -433,7 +434,9 @@ def stop(hard: bool = False) -> dict[str, Any]:
         except (NcloudError, ConnectionError, RuntimeError) as exc:
             raise ServerError(f"could not reach the cluster at {state.ray_address}: {exc}") from exc
     else:
+        shutdown.begin(settings().home)
         processes.kill_session(state.pid)
+        shutdown.end(settings().home)
     _release_lease(lease.owner_id(settings().home))
     _state_path().unlink(missing_ok=True)
     found: dict[str, Any] = {"stopped": True, "api_url": state.api_url, "pid": state.pid}

@@ -21,7 +21,7 @@ import ray
 from ray.util.placement_group import get_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.core import accounts
+from cluster.core import accounts, shutdown
 from cluster.core.names import NAMESPACE
 from cluster.core.store import Store
 from jobs.models import checkpoints, deployments
@@ -35,6 +35,7 @@ from jobs.training.pool import Active
 from jobs.training.waiting import Waiting, read_waiting_across_tenants
 from jobs.training.worker import TrainWorker
 from ncloud.errors import Conflict, NcloudError
+from ncloud.settings import settings
 
 log = logging.getLogger("ncloud.scheduler")
 TICK_S = 0.1
@@ -177,6 +178,11 @@ class Scheduler:
         del self.active[active.run_id]
         for actor in active.actors:  # nothing of this launch may outlive it
             actor.stop.remote(active.key, 0.0)
+        ended = {r["outcome"] for r in active.results.values()}
+        if ended != {Outcome.COMPLETED} and shutdown.under_way(settings().home):
+            log.warning("run %s: its workers ended as the server stops; the next start resumes "
+                        "it", active.run_id)  # fmt: skip
+            return
         run, _ = models.get_run(self.store, active.run_id)
         results = [active.results[r] for r in sorted(active.results)]
         failed = [r for r in results if r["outcome"] == Outcome.FAILED]
