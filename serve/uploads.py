@@ -5,6 +5,7 @@ from __future__ import annotations
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import IO
 
 from fastapi import Request
@@ -17,6 +18,8 @@ from ncloud.settings import settings
 from ncloud.validation import format_size
 
 SPOOL_IN_MEMORY = 16 << 20  # twice the client's archives (ncloud.uploads.PACK_BYTES)
+PUTS_AT_ONCE = 8  # an archive's members written to an object store at a time
+HELD_BELOW = 1 << 20  # members read whole before they are sent (the client packs < 1 MiB)
 
 
 def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
@@ -98,15 +101,45 @@ def _store_members(spool: IO[bytes], target: Target, limit: int) -> dict[str, in
     try:
         with tarfile.open(fileobj=spool, mode="r:") as tar:
             planned = _plan(tar, target, limit)
+            if planned and not storage.is_local(planned[0][2]):
+                return _store_remote(tar, planned, limit)
             stored = {}
             for member, name, url in planned:
-                handle = tar.extractfile(member)
-                if handle is None:  # _plan let only regular files through
-                    raise InvalidInput(f"archive member {member.name!r} has no data")
-                stored[name] = storage.write_stream(url, _chunks(handle), limit)
+                stored[name] = storage.write_stream(url, _chunks(_member(tar, member)), limit)
             return stored
     except tarfile.TarError as exc:
         raise InvalidInput(f"the body is not a readable tar archive: {exc}") from None
+
+
+def _member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    handle = tar.extractfile(member)
+    if handle is None:  # _plan let only regular files through
+        raise InvalidInput(f"archive member {member.name!r} has no data")
+    return handle
+
+
+def _store_remote(
+    tar: tarfile.TarFile, planned: list[tuple[tarfile.TarInfo, str, str]], limit: int
+) -> dict[str, int]:
+    """An object store takes a PUT's latency per file, whatever its size: up to PUTS_AT_ONCE
+    at a time, each small member read whole first (the tar is one stream, read in turn), a
+    large one streamed alone. At most PUTS_AT_ONCE small members are held at once."""
+    stored: dict[str, int] = {}
+    with ThreadPoolExecutor(max_workers=PUTS_AT_ONCE) as pool:
+        pending: dict[Future[int], str] = {}
+        for member, name, url in planned:
+            if member.size > HELD_BELOW:
+                stored[name] = storage.write_stream(url, _chunks(_member(tar, member)), limit)
+                continue
+            data = _member(tar, member).read()
+            pending[pool.submit(storage.put_bytes, url, data)] = name
+            if len(pending) >= PUTS_AT_ONCE:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    stored[pending.pop(future)] = future.result()
+        for future, name in pending.items():
+            stored[name] = future.result()
+    return stored
 
 
 def _plan(

@@ -122,6 +122,27 @@ def relative_name(relative: str, what: str = "path") -> str:
     return posixpath.relpath(joined, "/r")
 
 
+def is_local(url: str) -> bool:
+    """Whether url is on this machine's file system (not an object store)."""
+    return isinstance(filesystem(url)[0], LocalFileSystem)
+
+
+def put_bytes(url: str, data: bytes) -> int:
+    """A whole small file in one write: on an object store one PUT, whose object appears only
+    once it is complete (no temporary name and copy, which cost three more requests)."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        return write_stream(url, [data], len(data))
+    try:
+        fs.pipe_file(path, data)
+    except BaseException as exc:
+        full = storage_error(exc)
+        if isinstance(full, StorageFull):
+            raise full from None
+        raise
+    return len(data)
+
+
 def write_stream(url: str, chunks: Iterable[bytes], max_bytes: int) -> int:
     """Stream chunks to url with bounded memory; refuse past max_bytes, leaving nothing behind.
 
