@@ -1,7 +1,8 @@
 """Chaos: kill -9 of each part of the platform while one run trains and two wait.
 
-In turn: the controller, the API replica, the Serve proxy, the Serve controller, the run's
-worker actor and its training child. After each, the API answers again, the run goes on
+In turn: the controller, the API replica, the Serve controller, the run's worker actor and
+its training child. (Serve's proxy carries no run: test_front kills it, polling the API and
+a deployed model's predictions as it does.) After each, the API answers again, the run goes on
 (or resumes, counting a restart, when its own processes were the ones killed), the waiting
 runs keep their places, and no run is lost or duplicated. At the end the store and Ray agree:
 every run ended, one controller, one API replica, and the queued runs ran in their order.
@@ -22,7 +23,7 @@ from examples.digits import make_digits
 from tests.integration.conftest import Server, actor_pid, upload_dataset, wait_for
 from tests.integration.lab import TERMINAL, running_pid, slow_py, until, worker_actor_pid
 
-PLATFORM = ("Controller", "ServeReplica:ncloud-api:api", "ProxyActor", "ServeController")
+PLATFORM = ("Controller", "ServeReplica:ncloud-api:api", "ServeController")
 
 
 def _alive(server: Server, class_name: str) -> int:
