@@ -57,7 +57,7 @@ browser:
 	  { echo "the tests need Chromium: apt-get install chromium chromium-driver"; exit 1; }
 
 test: install lint postgres browser haproxy
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=50 tests
 
 unit: install postgres
 	$(PY) -m pytest -q tests/unit
