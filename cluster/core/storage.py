@@ -127,19 +127,26 @@ def is_local(url: str) -> bool:
     return isinstance(filesystem(url)[0], LocalFileSystem)
 
 
+@contextlib.contextmanager
+def _full_is_507() -> Iterator[None]:
+    """A write that failed because the storage is full raises StorageFull; others as they are."""
+    try:
+        yield
+    except BaseException as exc:
+        full = storage_error(exc)
+        if isinstance(full, StorageFull):
+            raise full from None
+        raise
+
+
 def put_bytes(url: str, data: bytes) -> int:
     """A whole small file in one write: on an object store one PUT, whose object appears only
     once it is complete (no temporary name and copy, which cost three more requests)."""
     fs, path = filesystem(url)
     if isinstance(fs, LocalFileSystem):
         return write_stream(url, [data], len(data))
-    try:
+    with _full_is_507():
         fs.pipe_file(path, data)
-    except BaseException as exc:
-        full = storage_error(exc)
-        if isinstance(full, StorageFull):
-            raise full from None
-        raise
     return len(data)
 
 
@@ -152,27 +159,25 @@ def write_stream(url: str, chunks: Iterable[bytes], max_bytes: int) -> int:
     fs, path = filesystem(url)
     tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
     local = isinstance(fs, LocalFileSystem)  # os calls: fsspec's cost a small file's write
-    try:
-        if local:
-            os.makedirs(posixpath.dirname(path), exist_ok=True)
-            with open(tmp, "wb") as out:
-                written = _copy(chunks, out, max_bytes)
-            os.replace(tmp, path)
-        else:
-            fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            with fs.open(tmp, "wb") as out:
-                written = _copy(chunks, out, max_bytes)
-            fs.mv(tmp, path)
-    except BaseException as exc:
-        if local:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        elif fs.exists(tmp):
-            fs.rm(tmp)
-        full = storage_error(exc)
-        if isinstance(full, StorageFull):
-            raise full from None
-        raise
+    with _full_is_507():
+        try:
+            if local:
+                os.makedirs(posixpath.dirname(path), exist_ok=True)
+                with open(tmp, "wb") as out:
+                    written = _copy(chunks, out, max_bytes)
+                os.replace(tmp, path)
+            else:
+                fs.makedirs(posixpath.dirname(path), exist_ok=True)
+                with fs.open(tmp, "wb") as out:
+                    written = _copy(chunks, out, max_bytes)
+                fs.mv(tmp, path)
+        except BaseException:
+            if local:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            elif fs.exists(tmp):
+                fs.rm(tmp)
+            raise
     return written
 
 
