@@ -43,6 +43,9 @@ class Settings:
     # Failed authentications a minute from one client address, or for one token id, before
     # more are refused with 429 (per API or deployment replica). Default 20.
     auth_failures_per_minute: int
+    # CPU seconds a spec's check (its import, the model built, one forward) may use before it
+    # is refused with 422. Default 30.
+    check_cpu_s: int
     # Path of the CLI's config file. Default ~/.ncloudrc.
     rc_path: Path
     # S3 endpoint for NCLOUD_STORAGE=s3://... and linked datasets (moto, MinIO). Default: AWS.
@@ -74,6 +77,7 @@ def settings() -> Settings:
         max_file_bytes=_int("NCLOUD_MAX_FILE_BYTES", 256 << 20),
         debug=os.environ.get("NCLOUD_DEBUG", "0") not in ("", "0", "false"),
         auth_failures_per_minute=_int("NCLOUD_AUTH_FAILURES_PER_MINUTE", 20),
+        check_cpu_s=_int("NCLOUD_CHECK_CPU_SECONDS", 30),
         rc_path=Path(os.environ.get("NCLOUD_RC") or Path.home() / ".ncloudrc").expanduser(),
         s3_endpoint_url=os.environ.get("NCLOUD_S3_ENDPOINT_URL") or None,
         single_tenant=os.environ.get("NCLOUD_SINGLE_TENANT", "0") not in ("", "0", "false"),

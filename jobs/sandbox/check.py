@@ -14,14 +14,14 @@ from ncloud.errors import ERRORS_BY_CODE, Conflict, InvalidInput, NotFound
 from ncloud.settings import settings
 
 TIMEOUT_S = 60.0  # wall clock for one check
-LIMITS = Limits(memory_bytes=2 << 30, processes=512, cpu_s=30)
 USER_ERRORS = (InvalidInput, NotFound, Conflict)
 POLL_S = 0.05
 
 
 def _factory() -> Sandbox:
     s = settings()
-    policy = Policy(new_slot("check"), 0, LIMITS, volumes=(), single_tenant=s.single_tenant)
+    limits = Limits(memory_bytes=2 << 30, processes=512, cpu_s=s.check_cpu_s)
+    policy = Policy(new_slot("check"), 0, limits, volumes=(), single_tenant=s.single_tenant)
     return Sandbox("check", policy)
 
 
@@ -69,7 +69,7 @@ def check_spec(
 
 def _wait(box: Sandbox, name: str, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    limit = box.policy.limits.memory_bytes
+    limit, cpu_s = box.policy.limits.memory_bytes, box.policy.limits.cpu_s
     while time.monotonic() < deadline:
         frame = box.recv(POLL_S)
         if frame is not None and frame[0].get("kind") == "done":
@@ -79,6 +79,6 @@ def _wait(box: Sandbox, name: str, timeout_s: float) -> dict[str, Any]:
         if frame is None and not box.alive():
             how = box.exit_text()
             if "SIGXCPU" in how:
-                raise InvalidInput(f"checking {name} used over {LIMITS.cpu_s}s of CPU time")
+                raise InvalidInput(f"checking {name} used over {cpu_s}s of CPU time")
             raise InvalidInput(f"checking {name} failed: its process died ({how})")
     raise InvalidInput(f"checking {name} took over {timeout_s:g}s")

@@ -209,6 +209,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, s3: S3) -> Iterator[Server]
             # Every test calls from 127.0.0.1: its own 401 checks stay far under this; the
             # throttling tests flood from other loopback addresses (127.0.0.0/8).
             "NCLOUD_AUTH_FAILURES_PER_MINUTE": "60",
+            # a spec that spins is refused sooner (a real check uses 2-3 s of CPU)
+            "NCLOUD_CHECK_CPU_SECONDS": "10",
             # absent unless a test writes it: then the cluster "may grow" as it says
             "NCLOUD_AUTOSCALER_CONFIG": str(home / "autoscaler.yaml"),
             **CREDENTIALS,

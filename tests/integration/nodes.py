@@ -19,6 +19,7 @@ from cluster.control.local import free_ports
 from tests.integration.conftest import wait_for
 
 RAY = str(Path(sys.executable).parent / "ray")
+GRACE_S = 3.0  # after SIGTERM, before SIGKILL of the node's whole session
 
 
 class RayNode:
@@ -79,12 +80,17 @@ class RayNode:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask the node to stop (SIGTERM to its session); stop() waits for it."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.terminate()
+            try:  # `ray start --block` takes 30 s to end on SIGTERM; nothing here needs it
+                self.proc.wait(timeout=GRACE_S)
             except subprocess.TimeoutExpired:
                 self.kill()
         with contextlib.suppress(ProcessLookupError):  # what the node left in its session

@@ -5,7 +5,8 @@ CPU each, the store on a real PostgreSQL server, the storage in S3 (the moto ser
 
 On it, as a team would: a tenant of 3 GiB (over 32 bits) whose two bundles must sit on the
 two worker nodes; upload and ingest; `-w 2` training with one worker on each node,
-checkpoints in S3; deploy and predict; a batch; the control plane stopped and started
+checkpoints in S3; S3 cut in the middle of an ingest (an Error that names it, mended
+by ingesting again); deploy and predict; a batch; the control plane stopped and started
 again (the cluster stays), everything still there and answering; a worker node lost in
 the middle of an ingest, which then finishes on the node that replaces it; and the
 database gone for a minute under a stream of writes.
@@ -107,7 +108,9 @@ def cluster(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield cluster
     finally:
         srv.stop()
-        for node in reversed(started):  # and the nodes a test added (cluster.nodes)
+        for node in started:  # and the nodes a test added: all told at once, then waited for
+            node.terminate()
+        for node in started:
             node.stop()
         pg.stop()
 
@@ -145,6 +148,41 @@ def test_upload_and_ingest_land_in_s3(cluster: Cluster) -> None:
     prefix = f"{BUCKET}/root/tenants/{TENANT}/datasets/{cluster.state['train']}"
     assert fs.exists(f"{prefix}/index.json") and fs.ls(f"{prefix}/shards")
     assert not (srv.home / "storage").exists()  # nothing on the head's disk
+
+
+def test_s3_gone_mid_ingest_is_an_error_that_ingest_again_mends(cluster: Cluster) -> None:
+    """S3 goes away a few dozen files into an ingest: the dataset is Error, saying S3 cannot
+    be reached and how to try again, with no index written; with S3 back, `ncloud dataset
+    ingest` finishes it."""
+    srv, token = cluster.server, cluster.state["token"]
+    client = srv.client(token=token, tenant=TENANT)
+    created = client.datasets.create("flaky", (cluster.data / "valid.tsv").read_bytes(), "v.tsv")
+    for name in created["needed"]:
+        data = (cluster.data / name).read_bytes()
+        client.datasets.put_file(created["id"], name, iter([data]), len(data))
+    try:
+        client.datasets.ingest(created["id"])
+        srv.s3.proxy.cut_after(30_000)
+        ended = ("Error", "Ready")
+        failed = wait_for(
+            lambda: (d := client.datasets.show(created["id"]))["status"] in ended and d,
+            300,
+            "the ingest to end",
+        )
+    finally:
+        srv.s3.proxy.restore()
+    assert failed["status"] == "Error", "the ingest finished before S3 was cut"
+    said = str(failed["error"])  # where the cut lands decides which of the two it is
+    assert "cannot reach S3 at" in said or "storage unreachable" in said, said
+    assert "ncloud dataset ingest" in said, said
+    fs = srv.s3.fs()
+    prefix = f"{BUCKET}/root/tenants/{TENANT}/datasets/{created['id']}"
+    assert not fs.exists(f"{prefix}/index.json")
+    again = srv.cli("dataset", "ingest", str(created["id"]), "-o", "json", token=token,
+                    tenant=TENANT)  # fmt: skip
+    done = json.loads(again.stdout)
+    assert done["status"] == "Ready" and done["rows"] == 357
+    assert fs.exists(f"{prefix}/index.json")
 
 
 def test_two_workers_train_one_on_each_worker_node(cluster: Cluster) -> None:
