@@ -105,7 +105,10 @@ def _store_members(spool: IO[bytes], target: Target, limit: int) -> dict[str, in
                 return _store_remote(tar, planned, limit)
             stored = {}
             for member, name, url in planned:
-                stored[name] = storage.write_stream(url, _chunks(_member(tar, member)), limit)
+                if member.size <= HELD_BELOW:  # one write, no temporary copy in between
+                    stored[name] = storage.put_bytes(url, _member(tar, member).read())
+                else:
+                    stored[name] = storage.write_stream(url, _chunks(_member(tar, member)), limit)
             return stored
     except tarfile.TarError as exc:
         raise InvalidInput(f"the body is not a readable tar archive: {exc}") from None
