@@ -11,8 +11,8 @@ at disk speed, taken here as at least half the plain `cp -r`'s MB/s for the tran
 whole command less its fixed cost (Python's start, the manifest's check on both sides, the
 ingest call), which an upload of a one-file dataset measures in the same run. The share of
 the loopback copy's MB/s is printed beside it. Each time is the median of three, after a
-sync. Upload time is to the last file stored (the CLI's --no-wait); the ingest that follows
-is waited for, and timed apart.
+sync. Upload time is to the last file stored (the CLI's --no-wait) and synced to disk, as
+the copies are; the ingest that follows is waited for, and timed apart.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def cli_upload(server: Server, token: str, source: Path, name: str) -> tuple[flo
          "-n", name, "--no-wait", "-o", "json"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
+    # to disk, as the copies are timed: what the upload wrote may still be in the page cache
+    subprocess.run(["sync", "-f", str(server.home / "storage")], check=False)
     took = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The big files are random bytes: every one arrives, then their ingest fails at once.
