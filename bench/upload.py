@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -102,16 +103,23 @@ def big_files(root: Path, n: int) -> Path:
     return root
 
 
-def plain_copy(source: Path, storage: Path) -> float:
-    """`cp -r` of the folder into the server's storage: the same bytes, nothing in the way."""
-    target = storage / f"plain-copy-{source.name}"
+def synced(target: Path, copy: Callable[[], object]) -> float:
+    """Seconds of copy() into target and its sync, after a sync; target removed after."""
     subprocess.run(["sync"], check=False)
     started = time.perf_counter()
-    subprocess.run(["cp", "-r", str(source), str(target)], check=True)
+    copy()
     subprocess.run(["sync", "-f", str(target)], check=False)
     took = time.perf_counter() - started
     shutil.rmtree(target, ignore_errors=True)
     return took
+
+
+def plain_copy(source: Path, storage: Path) -> float:
+    """`cp -r` of the folder into the server's storage: the same bytes, nothing in the way."""
+    target = storage / f"plain-copy-{source.name}"
+    return synced(
+        target, lambda: subprocess.run(["cp", "-r", str(source), str(target)], check=True)
+    )
 
 
 def loopback_copy(source: Path, storage: Path) -> float:
@@ -120,35 +128,32 @@ def loopback_copy(source: Path, storage: Path) -> float:
     (a relay thread copies the socket into `tar -x`; it moves GB/s)."""
     target = storage / f"loopback-{source.name}"
     target.mkdir()
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    subprocess.run(["sync"], check=False)
-    started = time.perf_counter()
-    unpack = subprocess.Popen(["tar", "-x", "-C", str(target)], stdin=subprocess.PIPE)
-    pack = subprocess.Popen(["tar", "-c", "-C", str(source), "."], stdout=subprocess.PIPE)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
 
-    def receive() -> None:
-        assert unpack.stdin is not None
-        conn, _ = listener.accept()
-        with conn:
-            while data := conn.recv(1 << 20):
-                unpack.stdin.write(data)
-        unpack.stdin.close()
+        def copy() -> None:
+            unpack = subprocess.Popen(["tar", "-x", "-C", str(target)], stdin=subprocess.PIPE)
+            pack = subprocess.Popen(["tar", "-c", "-C", str(source), "."], stdout=subprocess.PIPE)
 
-    relay = threading.Thread(target=receive)
-    relay.start()
-    assert pack.stdout is not None
-    with socket.create_connection(("127.0.0.1", port)) as out:
-        while data := pack.stdout.read(1 << 20):
-            out.sendall(data)
-    relay.join(timeout=600)
-    if pack.wait(timeout=600) != 0 or unpack.wait(timeout=600) != 0:
-        raise RuntimeError(f"the loopback copy of {source} failed")
-    subprocess.run(["sync", "-f", str(target)], check=False)
-    took = time.perf_counter() - started
-    listener.close()
-    shutil.rmtree(target, ignore_errors=True)
-    return took
+            def receive() -> None:
+                assert unpack.stdin is not None
+                conn, _ = listener.accept()
+                with conn:
+                    while data := conn.recv(1 << 20):
+                        unpack.stdin.write(data)
+                unpack.stdin.close()
+
+            relay = threading.Thread(target=receive)
+            relay.start()
+            assert pack.stdout is not None
+            with socket.create_connection(("127.0.0.1", port)) as out:
+                while data := pack.stdout.read(1 << 20):
+                    out.sendall(data)
+            relay.join(timeout=600)
+            if pack.wait(timeout=600) != 0 or unpack.wait(timeout=600) != 0:
+                raise RuntimeError(f"the loopback copy of {source} failed")
+
+        return synced(target, copy)
 
 
 def per_file(c: Client, source: Path, n: int) -> float:

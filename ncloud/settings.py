@@ -18,6 +18,14 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not an integer") from exc
 
 
+def _at_least_1(name: str, default: int) -> int:
+    """A limit that 0 or less would turn off: refused, so that a typo cannot lift it."""
+    value = _int(name, default)
+    if value < 1:
+        raise ValueError(f"{name}={value} must be at least 1")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where the server keeps its state: the SQL store, default storage, logs. Default ~/.ncloud.
@@ -77,7 +85,7 @@ def settings() -> Settings:
         max_file_bytes=_int("NCLOUD_MAX_FILE_BYTES", 256 << 20),
         debug=os.environ.get("NCLOUD_DEBUG", "0") not in ("", "0", "false"),
         auth_failures_per_minute=_int("NCLOUD_AUTH_FAILURES_PER_MINUTE", 20),
-        check_cpu_s=_int("NCLOUD_CHECK_CPU_SECONDS", 30),
+        check_cpu_s=_at_least_1("NCLOUD_CHECK_CPU_SECONDS", 30),
         rc_path=Path(os.environ.get("NCLOUD_RC") or Path.home() / ".ncloudrc").expanduser(),
         s3_endpoint_url=os.environ.get("NCLOUD_S3_ENDPOINT_URL") or None,
         single_tenant=os.environ.get("NCLOUD_SINGLE_TENANT", "0") not in ("", "0", "false"),

@@ -101,15 +101,12 @@ def _store_members(spool: IO[bytes], target: Target, limit: int) -> dict[str, in
     try:
         with tarfile.open(fileobj=spool, mode="r:") as tar:
             planned = _plan(tar, target, limit)
-            if planned and not storage.is_local(planned[0][2]):
-                return _store_remote(tar, planned, limit)
-            stored = {}
-            for member, name, url in planned:
-                if member.size <= HELD_BELOW:  # one write, no temporary copy in between
-                    stored[name] = storage.put_bytes(url, _member(tar, member).read())
-                else:
-                    stored[name] = storage.write_stream(url, _chunks(_member(tar, member)), limit)
-            return stored
+            # An object store takes a PUT's latency per file, whatever its size: up to
+            # PUTS_AT_ONCE at a time there; a local disk gains nothing from threads.
+            if not planned or storage.is_local(planned[0][2]):
+                return _store(tar, planned, limit, None)
+            with ThreadPoolExecutor(max_workers=PUTS_AT_ONCE) as pool:
+                return _store(tar, planned, limit, pool)
     except tarfile.TarError as exc:
         raise InvalidInput(f"the body is not a readable tar archive: {exc}") from None
 
@@ -121,27 +118,31 @@ def _member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     return handle
 
 
-def _store_remote(
-    tar: tarfile.TarFile, planned: list[tuple[tarfile.TarInfo, str, str]], limit: int
+def _store(
+    tar: tarfile.TarFile,
+    planned: list[tuple[tarfile.TarInfo, str, str]],
+    limit: int,
+    pool: ThreadPoolExecutor | None,
 ) -> dict[str, int]:
-    """An object store takes a PUT's latency per file, whatever its size: up to PUTS_AT_ONCE
-    at a time, each small member read whole first (the tar is one stream, read in turn), a
-    large one streamed alone. At most PUTS_AT_ONCE small members are held at once."""
+    """Each member as one PUT would store it: a small one read whole and written at once (on
+    `pool` when given; the tar is one stream, read in turn, so at most PUTS_AT_ONCE small
+    members are held at once), a large one streamed alone."""
     stored: dict[str, int] = {}
-    with ThreadPoolExecutor(max_workers=PUTS_AT_ONCE) as pool:
-        pending: dict[Future[int], str] = {}
-        for member, name, url in planned:
-            if member.size > HELD_BELOW:
-                stored[name] = storage.write_stream(url, _chunks(_member(tar, member)), limit)
-                continue
+    pending: dict[Future[int], str] = {}
+    for member, name, url in planned:
+        if member.size > HELD_BELOW:
+            stored[name] = storage.write_stream(url, _chunks(_member(tar, member)), limit)
+        elif pool is None:
+            stored[name] = storage.put_bytes(url, _member(tar, member).read())
+        else:
             data = _member(tar, member).read()
             pending[pool.submit(storage.put_bytes, url, data)] = name
             if len(pending) >= PUTS_AT_ONCE:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     stored[pending.pop(future)] = future.result()
-        for future, name in pending.items():
-            stored[name] = future.result()
+    for future, name in pending.items():
+        stored[name] = future.result()
     return stored
 
 

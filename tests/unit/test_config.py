@@ -1,4 +1,5 @@
-"""~/.ncloudrc: written 0600, a warning when others can read it, flags over env over file."""
+"""~/.ncloudrc: written 0600, a warning when others can read it, flags over env over file;
+and a limit in the environment that would lift itself is refused."""
 
 from __future__ import annotations
 
@@ -36,3 +37,16 @@ def test_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_default_host_without_a_file() -> None:
     assert config.load().host == "http://127.0.0.1:8000/api/v1"
+
+
+@pytest.mark.parametrize("raw", ["0", "-5"])
+def test_a_check_cpu_limit_that_would_lift_the_limit_is_refused(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("NCLOUD_CHECK_CPU_SECONDS", raw)
+    settings.cache_clear()
+    with pytest.raises(ValueError, match=r"NCLOUD_CHECK_CPU_SECONDS=.* must be at least 1"):
+        settings()
+    monkeypatch.setenv("NCLOUD_CHECK_CPU_SECONDS", "7")
+    settings.cache_clear()
+    assert settings().check_cpu_s == 7
